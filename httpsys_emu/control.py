@@ -19,7 +19,7 @@ import trio
 from . import control_protocol as proto
 from .registry import Owner
 from .upstream import UpstreamTarget
-from .urlprefix import parse_prefix
+from .urlprefix import UrlPrefix, parse_prefix
 from .winerror import ERROR_ACCESS_DENIED, ERROR_INVALID_PARAMETER, WinError
 
 if TYPE_CHECKING:
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 SOCKET_NAME = "control.sock"
 MAX_REGISTRATIONS_PER_SESSION = 1000
+MAX_SESSIONS = 1024
+SEND_TIMEOUT = 10.0
 _LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
 
 
@@ -65,15 +67,40 @@ def check_delivery_target(text: str, uid: int) -> UpstreamTarget:
     return target
 
 
+class ControlAlreadyRunning(Exception):
+    """Another front door already serves this state directory's control socket."""
+
+
+def _socket_is_live(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
 class ControlServer:
-    """Accepts control connections on `<state>/control.sock` and serves each in the nursery."""
+    """Accepts control connections on `<state>/control.sock` and serves each in the nursery.
+
+    Every session is bounded: one request line is at most `control_protocol.MAX_LINE` bytes,
+    a session holds at most MAX_REGISTRATIONS_PER_SESSION prefixes, at most MAX_SESSIONS
+    sessions are open at once, and an answer the peer does not read within SEND_TIMEOUT ends
+    the session (and with it the session's registrations).
+    """
 
     def __init__(self, door: "FrontDoor", path: Path) -> None:
         self.door = door
         self.path = path
         self._sessions = 0
+        self.open_sessions = 0
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        if _socket_is_live(self.path):
+            raise ControlAlreadyRunning(f"a front door is already running on {self.path}")
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.path.unlink()
@@ -95,31 +122,48 @@ class ControlServer:
     async def _serve(self, stream: trio.SocketStream) -> None:
         self._sessions += 1
         session = self._sessions
-        pid, uid, _gid = peer_credentials(stream.socket)
-        owner = Owner("control", pid=pid, uid=uid, user=user_name(uid), session=session)
-        mine: list = []
-        lines = proto.LineBuffer()
+        if self.open_sessions >= MAX_SESSIONS:
+            self.door.log.info(f"control session {session} refused: {MAX_SESSIONS} open")
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            return
+        self.open_sessions += 1
+        pid = uid = -1
+        owner: Owner | None = None
+        mine: list[UrlPrefix] = []
         try:
+            pid, uid, _gid = peer_credentials(stream.socket)
+            owner = Owner("control", pid=pid, uid=uid, user=user_name(uid), session=session)
+            lines = proto.LineBuffer()
             while True:
-                data = await stream.receive_some(65536)
+                data = await stream.receive_some(65536)   # no deadline: the session is the lease
                 if not data:
                     return
                 for line in lines.feed(data):
                     request = proto.parse_request(line)
                     answer = await self._handle(request, owner, mine)
-                    await stream.send_all(answer)
-        except (proto.ControlProtocolError, trio.BrokenResourceError, OSError) as exc:
+                    with trio.fail_after(SEND_TIMEOUT):
+                        await stream.send_all(answer)
+        except (proto.ControlProtocolError, trio.BrokenResourceError, trio.TooSlowError,
+                OSError) as exc:
             self.door.log.info(f"control session {session} (pid {pid}) ended: {exc}")
+        except Exception as exc:      # a bug here must not take the front door down
+            self.door.log.info(f"control session {session} (pid {pid}) failed: {exc!r}")
         finally:
+            self.open_sessions -= 1
             for prefix in mine:
-                self.door.unregister(prefix, owner)
+                try:
+                    self.door.unregister(prefix, owner)
+                except WinError:
+                    pass
             if mine:
                 self.door.log.info(f"control session {session} (pid {pid}) closed: released "
                                    + ", ".join(str(p) for p in mine))
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
-    async def _handle(self, request: proto.ControlRequest, owner: Owner, mine: list) -> bytes:
+    async def _handle(self, request: proto.ControlRequest, owner: Owner,
+                      mine: list[UrlPrefix]) -> bytes:
         args = request.args
         try:
             if request.op == "hello":
@@ -144,7 +188,7 @@ class ControlServer:
                 assert owner.uid is not None
                 target = check_delivery_target(deliver, owner.uid)
                 self.door.register(prefix, target, owner,
-                                   client_cert=bool(args.get("client_cert", False)))
+                                   client_cert=args.get("client_cert") is True)
                 mine.append(prefix)
                 return proto.ok(request.id, prefix=str(prefix))
             if request.op == "unregister":

@@ -22,6 +22,10 @@ from .control import SOCKET_NAME
 from .winerror import WinError
 
 
+# Answers (a servicestate with many registrations) may be longer than a request line may be.
+MAX_ANSWER = 16 << 20
+
+
 class ControlUnavailable(Exception):
     """No daemon is listening on the control socket."""
 
@@ -31,7 +35,7 @@ class ControlClient:
 
     def __init__(self, stream: trio.SocketStream, timeout: float) -> None:
         self._stream = stream
-        self._lines = proto.LineBuffer()
+        self._lines = proto.LineBuffer(MAX_ANSWER)
         self._pending: list[bytes] = []
         self._next_id = 0
         self._lock = trio.Lock()
@@ -110,7 +114,7 @@ def call_blocking(state_dir: str | Path, op: str, timeout: float = 5.0, **args: 
             raise ControlUnavailable(f"no front door is running on {path} ({exc.strerror})") \
                 from None
         sock.sendall(proto.encode({"id": 1, "op": op, **args}))
-        lines = proto.LineBuffer()
+        lines = proto.LineBuffer(MAX_ANSWER)
         while True:
             data = sock.recv(65536)
             if not data:

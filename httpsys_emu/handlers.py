@@ -16,15 +16,33 @@ from .request import RequestInfo
 
 
 class HandlerRequest:
-    """One request as an in-process handler sees it: facts, body, and ways to answer."""
+    """One request as an in-process handler sees it: facts, body, and ways to answer.
 
-    def __init__(self, info: RequestInfo, channel: ClientChannel) -> None:
+    Reading and writing raise `channel.ConnectionAbort` when the client stalls or goes away and
+    `pages.HttpSysError` for a malformed body; let both propagate (the front door logs them).
+    `shutdown` is set when the front door starts draining: long-lived handlers (WebSockets)
+    should then say goodbye (Close 1001) and return.
+    """
+
+    def __init__(self, info: RequestInfo, channel: ClientChannel,
+                 shutdown: trio.Event | None = None) -> None:
         self.info = info
         self._channel = channel
+        self.shutdown = shutdown if shutdown is not None else trio.Event()
 
     @property
     def responded(self) -> bool:
         return self._channel.response_started
+
+    @property
+    def client_cert_der(self) -> bytes | None:
+        """The client certificate (DER) from the TLS handshake, or None."""
+        return self.info.conn.client_cert_der
+
+    @property
+    def client_cert_thumbprint(self) -> str | None:
+        """SHA-1 of the client certificate, upper-case hex, or None."""
+        return self.info.conn.client_cert_thumbprint
 
     async def body(self) -> AsyncIterator[bytes]:
         """The request body piece by piece, as the client sends it."""
@@ -61,7 +79,11 @@ class HandlerRequest:
         await self._channel.end_response()
 
     async def accept_upgrade(self, headers: list[tuple[str, str]]) -> trio.abc.Stream:
-        """Answer 101 with `headers` and take over the connection's byte stream."""
+        """Answer 101 with `headers` and take over the connection's byte stream.
+
+        Bytes the client sent after the request (early frames) come first from the stream. The
+        stream has no deadlines of its own: the handler owns them from here on.
+        """
         return await self._channel.switch_protocols(list(headers))
 
 

@@ -34,6 +34,9 @@ class Limits:
     upstream_response_timeout: float = 120.0
     shutdown_deadline: float = 10.0
     tunnel_idle: float = 600.0             # an upgraded stream with no bytes either way
+    linger: float = 2.0                    # after an error page: read and discard before close
+    linger_max_bytes: int = 1 << 20        # ... but never more than this
+    upstream_idle: float = 30.0            # a pooled upstream connection unused this long closes
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, float | int]) -> "Limits":

@@ -1,9 +1,11 @@
 """The reverse proxy: one routed request to an upstream over HTTP/1.1, bodies streamed both ways.
 
 h11 drives the upstream side (it writes our request and parses the upstream's response); the
-client side goes through `ClientChannel`. The request target sent upstream is the canonical path
-the router matched (re-encoded) plus the raw query, so the application never sees a form the
-front door interpreted differently.
+client side goes through `ClientChannel`. What the upstream sees is rebuilt by us, never copied:
+the target is the canonical path the router matched (re-encoded) plus the raw query, `Host` is the
+authority we routed on, the framing is ours (h11's), hop-by-hop fields and every field a client
+could forge (`Forwarded`, `X-Forwarded-*`, `X-Client-Cert*`, `X-HttpSys-*`) are dropped and the
+trustworthy ones set again. So an application never sees a form the front door read differently.
 """
 
 from __future__ import annotations
@@ -27,12 +29,20 @@ FRONT_DOOR_HEADERS = frozenset({
     "x-forwarded-prefix", "x-real-ip", "x-client-cert", "x-client-cert-thumbprint",
     "x-original-url",
 })
+# Rebuilt by us from what we parsed and routed on.
+REBUILT_HEADERS = frozenset({"host", "content-length", "expect"})
 OUR_PREFIX = "x-httpsys-"
-_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+_PATH_SAFE = "/:@!$&'()*+,;=-._~%"      # '%' only ever appears as %25 in a canonical path
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_UPSTREAM_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 class UpstreamUnavailable(Exception):
     """The upstream refused, timed out or broke before answering: the client gets a 503."""
+
+
+class _StaleConnection(UpstreamUnavailable):
+    """A pooled connection the upstream had closed: it sent nothing at all."""
 
 
 @dataclass
@@ -40,60 +50,76 @@ class _Upstream:
     stream: trio.SocketStream
     conn: h11.Connection
     reused: bool
+    bytes_received: int = 0
+
+
+def _percent_encode_non_ascii(raw: bytes) -> bytes:
+    """Bytes outside printable ASCII as %XX (h11 and RFC 9112 want a visible-ASCII target)."""
+    return b"".join(b if 0x21 <= b[0] <= 0x7E else b"%%%02X" % b[0]
+                    for b in (raw[i:i + 1] for i in range(len(raw))))
+
+
+def upstream_target(info: RequestInfo) -> bytes:
+    """The request target sent upstream: canonical path re-encoded, raw query kept."""
+    path = quote(info.path, safe=_PATH_SAFE).encode("ascii")
+    if not info.query:
+        return path
+    return path + b"?" + _percent_encode_non_ascii(info.query.encode("latin-1"))
+
+
+def _node(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def upstream_headers(info: RequestInfo, body_length: int | None, chunked: bool,
-                     upgrade: str | None) -> list[tuple[str, str]]:
+                     upgrade: str | None) -> list[tuple[bytes, bytes]]:
     """The header list sent upstream: hop-by-hop and forgeable fields out, ours in."""
     connection_tokens: set[str] = set()
     for value in info.header_values("connection"):
         connection_tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
-    out: list[tuple[str, str]] = []
+    out: list[tuple[bytes, bytes]] = []
     for name, value in info.headers:
         lname = name.lower()
         if (lname in HOP_BY_HOP or lname in connection_tokens or lname in FRONT_DOOR_HEADERS
-                or lname.startswith(OUR_PREFIX) or lname in ("content-length", "expect")):
+                or lname in REBUILT_HEADERS or lname.startswith(OUR_PREFIX)):
             continue
-        out.append((name, value))
+        out.append((name.encode("latin-1"), value.encode("latin-1")))
     conn = info.conn
-    client = conn.remote_ip
-    client_node = f'"[{client}]:{conn.remote_port}"' if ":" in client else f'"{client}:{conn.remote_port}"'
-    local = conn.local_ip
-    by_node = f'"[{local}]:{conn.local_port}"' if ":" in local else f'"{local}:{conn.local_port}"'
-    host_value = info.header("host") or info.host
-    out += [
-        ("Forwarded", f'for={client_node};by={by_node};host="{host_value}";proto={info.scheme}'),
-        ("X-Forwarded-For", client),
+    authority = info.authority or info.host
+    ours: list[tuple[str, str]] = [
+        ("Host", authority),
+        ("Forwarded", f'for="{_node(conn.remote_ip, conn.remote_port)}";'
+                      f'by="{_node(conn.local_ip, conn.local_port)}";'
+                      f'host="{authority}";proto={info.scheme}'),
+        ("X-Forwarded-For", conn.remote_ip),
         ("X-Forwarded-Proto", info.scheme),
-        ("X-Forwarded-Host", host_value),
+        ("X-Forwarded-Host", authority),
         ("X-Forwarded-Port", str(conn.local_port)),
-        ("X-Original-URL", info.target),
         ("X-HttpSys-Prefix", str(info.prefix)),
-        ("X-HttpSys-Local-Address", f"{local}:{conn.local_port}" if ":" not in local else f"[{local}]:{conn.local_port}"),
-        ("X-HttpSys-Remote-Address", f"{client}:{conn.remote_port}" if ":" not in client else f"[{client}]:{conn.remote_port}"),
+        ("X-HttpSys-Local-Address", _node(conn.local_ip, conn.local_port)),
+        ("X-HttpSys-Remote-Address", _node(conn.remote_ip, conn.remote_port)),
     ]
     if conn.sni:
-        out.append(("X-HttpSys-SNI", conn.sni))
+        ours.append(("X-HttpSys-SNI", conn.sni))
     if conn.tls_version:
-        out.append(("X-HttpSys-TLS-Version", conn.tls_version))
+        ours.append(("X-HttpSys-TLS-Version", conn.tls_version))
     if conn.client_cert_der is not None:
-        out.append(("X-Client-Cert-Thumbprint", conn.client_cert_thumbprint or ""))
-        out.append(("X-Client-Cert", quote(conn.client_cert_pem or "", safe="")))
+        ours.append(("X-Client-Cert-Thumbprint", conn.client_cert_thumbprint or ""))
+        ours.append(("X-Client-Cert", quote(conn.client_cert_pem or "", safe="")))
     if body_length is not None:
-        out.append(("Content-Length", str(body_length)))
+        ours.append(("Content-Length", str(body_length)))
     elif chunked:
-        out.append(("Transfer-Encoding", "chunked"))
-    if info.header("expect") and info.header("expect").lower() == "100-continue":
-        out.append(("Expect", "100-continue"))
+        ours.append(("Transfer-Encoding", "chunked"))
+    if body_length or chunked:
+        expect = info.header("expect")
+        if expect is not None and expect.lower() == "100-continue" and info.version == "1.1":
+            ours.append(("Expect", "100-continue"))
     if upgrade:
-        out.append(("Connection", "Upgrade"))
-        out.append(("Upgrade", upgrade))
+        ours.append(("Connection", "Upgrade"))
+        ours.append(("Upgrade", upgrade))
+    out += [(n.encode("ascii"), v.encode("latin-1")) for n, v in ours]
+    out.append((b"X-Original-URL", _percent_encode_non_ascii(info.target.encode("latin-1"))))
     return out
-
-
-def upstream_target_path(info: RequestInfo) -> str:
-    path = quote(info.path, safe=_PATH_SAFE)
-    return f"{path}?{info.query}" if info.query else path
 
 
 def tunnelable_upgrade(info: RequestInfo) -> str | None:
@@ -101,7 +127,7 @@ def tunnelable_upgrade(info: RequestInfo) -> str | None:
     if not info.upgrade:
         return None
     tokens = [t.strip().lower() for t in info.upgrade.split(",")]
-    if any(t.startswith("h2c") for t in tokens):
+    if any(t == "h2c" or t.startswith("h2c/") for t in tokens):
         return None
     return info.upgrade
 
@@ -119,78 +145,102 @@ class ReverseProxy:
             raise self._unavailable(f"cannot connect to {target}: {exc}") from None
         return _Upstream(stream, h11.Connection(h11.CLIENT), reused)
 
-    async def forward(self, info: RequestInfo, channel: ClientChannel, target: UpstreamTarget,
-                      limits: Limits) -> None:
-        """Forward one request; raises HttpSysError (503) before the response starts, or
-        ConnectionAbort once bytes have gone to the client."""
-        head = channel.head
-        upgrade = tunnelable_upgrade(info)
-        has_body = not channel.body_done
-        body_length = head.content_length if has_body and not head.chunked else None
-        headers = upstream_headers(info, body_length if has_body else None,
-                                   has_body and head.chunked, upgrade)
-        request = h11.Request(method=head.method, target=upstream_target_path(info),
-                              headers=headers)
-        up: _Upstream | None = None
-        for attempt in (1, 2):
-            up = await self._open(target)
-            try:
-                await up.stream.send_all(up.conn.send(request))
-                break
-            except (OSError, trio.BrokenResourceError) as exc:
-                await _close_quietly(up.stream)
-                if not up.reused or attempt == 2:
-                    raise self._unavailable(f"upstream {target} failed: {exc}") from None
-        assert up is not None
-        reusable = False
-        try:
-            reusable = await self._exchange(info, channel, up, limits, upgrade is not None)
-        finally:
-            if reusable:
-                await self.pool.release(target, up.stream)
-            elif not channel.switched:
-                await _close_quietly(up.stream)
-
     @staticmethod
     def _unavailable(detail: str) -> HttpSysError:
         return HttpSysError(ErrorPage.SERVICE_UNAVAILABLE, "AppOffline", detail)
 
-    async def _exchange(self, info: RequestInfo, channel: ClientChannel, up: _Upstream,
+    async def forward(self, info: RequestInfo, channel: ClientChannel, target: UpstreamTarget,
+                      limits: Limits) -> None:
+        """Forward one request.
+
+        Raises HttpSysError before the response started (503 when the upstream refuses or dies,
+        400 for a malformed request body), ConnectionAbort after that or when the client fails.
+        """
+        head = channel.head
+        upgrade = tunnelable_upgrade(info)
+        has_body = not channel.body_done
+        request = h11.Request(
+            method=head.method.encode("ascii"), target=upstream_target(info),
+            headers=upstream_headers(info,
+                                     head.content_length if has_body and not head.chunked
+                                     else None,
+                                     has_body and head.chunked, upgrade))
+        for attempt in (1, 2):
+            up = await self._open(target)
+            reusable = False
+            try:
+                reusable = await self._exchange(channel, up, request, limits, upgrade is not None)
+            except _StaleConnection as exc:
+                retry = (attempt == 1 and up.reused and head.method in IDEMPOTENT_METHODS
+                         and channel.body_bytes_read == 0 and not channel.continue_sent)
+                if retry:
+                    await _close_quietly(up.stream)
+                    continue
+                raise self._unavailable(str(exc)) from None
+            except UpstreamUnavailable as exc:
+                raise self._unavailable(str(exc)) from None
+            finally:
+                if reusable:
+                    await self.pool.release(target, up.stream)
+                else:
+                    await _close_quietly(up.stream)
+            return
+
+    async def _exchange(self, channel: ClientChannel, up: _Upstream, request: h11.Request,
                         limits: Limits, upgrading: bool) -> bool:
-        body_sent = trio.Event()
-        result: dict[str, bool] = {"upstream_ok": False}
+        """Request out, body pumped alongside, response relayed; True if `up` is reusable."""
+        try:
+            await up.stream.send_all(up.conn.send(request))
+        except _UPSTREAM_ERRORS as exc:
+            if up.reused:
+                raise _StaleConnection(f"pooled upstream connection failed: {exc}") from None
+            raise UpstreamUnavailable(f"upstream failed: {exc}") from None
+        channel.auto_continue = False      # the upstream's own 100 Continue is relayed
+        client_failure: list[BaseException] = []
+        body_complete = [channel.body_done]
 
         async def pump_body() -> None:
-            try:
-                while True:
+            while True:
+                try:
                     data = await channel.read_body()
+                except (ConnectionAbort, HttpSysError) as exc:
+                    client_failure.append(exc)       # the client side decides the outcome
+                    nursery.cancel_scope.cancel()
+                    return
+                try:
                     if not data:
-                        break
+                        await up.stream.send_all(up.conn.send(h11.EndOfMessage()))
+                        body_complete[0] = True
+                        return
                     await up.stream.send_all(up.conn.send(h11.Data(data=data)))
-                await up.stream.send_all(up.conn.send(h11.EndOfMessage()))
-            except (OSError, trio.BrokenResourceError, h11.LocalProtocolError):
-                pass             # the response side reports what went wrong
-            body_sent.set()
+                except (*_UPSTREAM_ERRORS, h11.LocalProtocolError):
+                    return      # the upstream stopped reading; its response (or none) decides
 
-        channel.auto_continue = False
+        outcome: BaseException | None = None
+        ok = False
         async with trio.open_nursery() as nursery:
             if channel.body_done:
-                await up.stream.send_all(up.conn.send(h11.EndOfMessage()))
-                body_sent.set()
+                try:
+                    await up.stream.send_all(up.conn.send(h11.EndOfMessage()))
+                except _UPSTREAM_ERRORS:
+                    pass                # an early close shows up as a missing response
             else:
                 nursery.start_soon(pump_body)
             try:
-                result["upstream_ok"] = await self._relay_response(info, channel, up, limits,
-                                                                   upgrading)
-            finally:
-                nursery.cancel_scope.cancel()
-        if channel.switched:
+                ok = await self._relay_response(channel, up, limits, upgrading)
+            except Exception as exc:    # re-raised below, outside the nursery (no group)
+                outcome = exc
+            nursery.cancel_scope.cancel()
+        if client_failure:
+            raise client_failure[0]
+        if outcome is not None:
+            raise outcome
+        if channel.switched or not body_complete[0] or not channel.body_done:
+            if not channel.switched:
+                channel.keep_alive = False
             return False
-        if not channel.body_done:
-            channel.keep_alive = False
-            return False
-        return (result["upstream_ok"] and up.conn.our_state is h11.DONE
-                and up.conn.their_state is h11.DONE)
+        return (ok and up.conn.our_state is h11.DONE and up.conn.their_state is h11.DONE
+                and not up.conn.trailing_data[0])
 
     async def _next_event(self, up: _Upstream, timeout: float) -> h11.Event:
         while True:
@@ -198,53 +248,54 @@ class ReverseProxy:
                 event = up.conn.next_event()
             except h11.RemoteProtocolError as exc:
                 raise UpstreamUnavailable(f"upstream sent a bad response: {exc}") from None
-            if event is h11.NEED_DATA:
-                with trio.move_on_after(timeout) as scope:
-                    try:
-                        data = await up.stream.receive_some(65536)
-                    except (OSError, trio.BrokenResourceError) as exc:
-                        raise UpstreamUnavailable(f"upstream connection failed: {exc}") from None
-                if scope.cancelled_caught:
-                    raise UpstreamUnavailable("upstream did not answer in time")
-                up.conn.receive_data(data)
-                continue
-            return event
+            if event is not h11.NEED_DATA:
+                return event
+            with trio.move_on_after(timeout) as scope:
+                try:
+                    data = await up.stream.receive_some(65536)
+                except _UPSTREAM_ERRORS as exc:
+                    if up.reused and up.bytes_received == 0:
+                        raise _StaleConnection(f"pooled upstream connection failed: {exc}") \
+                            from None
+                    raise UpstreamUnavailable(f"upstream connection failed: {exc}") from None
+            if scope.cancelled_caught:
+                raise UpstreamUnavailable("upstream did not answer in time")
+            if not data and up.reused and up.bytes_received == 0:
+                raise _StaleConnection("pooled upstream connection was closed")
+            up.bytes_received += len(data)
+            up.conn.receive_data(data)
 
-    async def _relay_response(self, info: RequestInfo, channel: ClientChannel, up: _Upstream,
-                              limits: Limits, upgrading: bool) -> bool:
-        try:
-            while True:
-                event = await self._next_event(up, limits.upstream_response_timeout)
-                if isinstance(event, h11.InformationalResponse):
-                    if event.status_code == 100:
-                        await channel.send_continue()
-                        continue
-                    if event.status_code == 101 and upgrading:
-                        await self._tunnel(channel, up, event, limits)
-                        return False
-                    continue
-                if isinstance(event, h11.Response):
-                    break
-                if isinstance(event, h11.ConnectionClosed):
-                    raise UpstreamUnavailable("upstream closed without a response")
-        except UpstreamUnavailable as exc:
-            raise self._unavailable(str(exc)) from None
+    async def _relay_response(self, channel: ClientChannel, up: _Upstream, limits: Limits,
+                              upgrading: bool) -> bool:
+        timeout = limits.upstream_response_timeout
+        while True:
+            event = await self._next_event(up, timeout)
+            if isinstance(event, h11.InformationalResponse):
+                if event.status_code == 100:
+                    await channel.send_continue()
+                elif event.status_code == 101 and upgrading:
+                    await self._tunnel(channel, up, event, limits)
+                    return False
+                continue
+            if isinstance(event, h11.Response):
+                break
+            if isinstance(event, h11.ConnectionClosed):
+                raise UpstreamUnavailable("upstream closed without a response")
+            raise UpstreamUnavailable(f"unexpected upstream event {type(event).__name__}")
         raw = event.headers.raw_items()
-        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw
-                   if n.lower().decode("latin-1") not in HOP_BY_HOP]
         conn_tokens = {t.strip().lower() for n, v in raw if n.lower() == b"connection"
                        for t in v.decode("latin-1").split(",")}
-        headers = [(n, v) for n, v in headers if n.lower() not in conn_tokens]
+        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw]
+        headers = [(n, v) for n, v in headers
+                   if n.lower() not in HOP_BY_HOP and n.lower() not in conn_tokens]
         await channel.start_response(event.status_code, headers,
                                      reason=event.reason.decode("latin-1") or None)
         try:
             while True:
-                ev = await self._next_event(up, limits.upstream_response_timeout)
+                ev = await self._next_event(up, timeout)
                 if isinstance(ev, h11.Data):
                     await channel.send_body(bytes(ev.data))
-                elif isinstance(ev, h11.EndOfMessage):
-                    break
-                elif isinstance(ev, h11.ConnectionClosed):
+                elif isinstance(ev, (h11.EndOfMessage, h11.ConnectionClosed)):
                     break
         except UpstreamUnavailable as exc:
             raise ConnectionAbort("Connection_Abandoned_By_AppPool", str(exc)) from None
@@ -260,48 +311,54 @@ class ReverseProxy:
             headers.append(("Connection", "Upgrade"))
         client = await channel.switch_protocols(headers)
         leftover, _closed = up.conn.trailing_data
-        upstream = up.stream
         try:
             if leftover:
                 await client.send_all(bytes(leftover))
-            await relay_both_ways(client, upstream, limits.tunnel_idle)
-        finally:
-            await _close_quietly(upstream)
+            await relay_both_ways(client, up.stream, limits.tunnel_idle)
+        except _UPSTREAM_ERRORS:
+            pass
 
 
 async def relay_both_ways(a: trio.abc.Stream, b: trio.abc.Stream, idle: float) -> None:
-    """Copy a→b and b→a; EOF on one side half-closes the other; an idle period ends both."""
-    last_activity = [trio.current_time()]
+    """Copy a→b and b→a; EOF on one side half-closes the other; an idle period ends both.
+
+    Memory stays at one 64 KiB read per direction: a side that does not read holds the other
+    side's reads back (send_all blocks).
+    """
+    last_activity = trio.current_time()
+    done = 0
 
     async def copy(src: trio.abc.Stream, dst: trio.abc.Stream) -> None:
+        nonlocal last_activity, done
         try:
             while True:
                 data = await src.receive_some(65536)
                 if not data:
                     break
-                last_activity[0] = trio.current_time()
+                last_activity = trio.current_time()
                 await dst.send_all(data)
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                last_activity = trio.current_time()
+        except _UPSTREAM_ERRORS:
             nursery.cancel_scope.cancel()
             return
         send_eof = getattr(dst, "send_eof", None)
         try:
             if send_eof is not None:
                 await send_eof()
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        done.append(src)
-        if len(done) == 2:
+        except (*_UPSTREAM_ERRORS, trio.BusyResourceError):
+            nursery.cancel_scope.cancel()
+            return
+        done += 1
+        if done == 2:
             nursery.cancel_scope.cancel()
 
     async def watchdog() -> None:
         while True:
-            await trio.sleep_until(last_activity[0] + idle)
-            if trio.current_time() >= last_activity[0] + idle:
+            await trio.sleep_until(last_activity + idle)
+            if trio.current_time() >= last_activity + idle:
                 nursery.cancel_scope.cancel()
                 return
 
-    done: list[trio.abc.Stream] = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(copy, a, b)
         nursery.start_soon(copy, b, a)

@@ -6,6 +6,7 @@ forward (as the request line plus the `X-Forwarded-*` / `X-Client-Cert*` headers
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from dataclasses import dataclass, field
 
@@ -37,7 +38,6 @@ class ConnectionInfo:
     def client_cert_pem(self) -> str | None:
         if self.client_cert_der is None:
             return None
-        import base64
         b64 = base64.b64encode(self.client_cert_der).decode("ascii")
         lines = [b64[i:i + 64] for i in range(0, len(b64), 64)]
         return "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"
@@ -55,8 +55,9 @@ class RequestInfo:
     headers: tuple[tuple[str, str], ...]
     host: str                        # the routing host (from an absolute target or Host)
     path: str                        # the canonical path the router matched
-    query: str                       # the raw query string, without '?', '' when absent
+    query: str                       # the raw query (bytes as latin-1), without '?', '' if none
     prefix: UrlPrefix
+    authority: str = ""              # the validated Host (or absolute-form authority) routed on
     scheme: str = "https"
     upgrade: str | None = None
     keep_alive: bool = True

@@ -75,6 +75,8 @@ def build_response_head(method: str, status: int, headers: list[tuple[str, str]]
     has_date = has_server = False
     for name, value in headers:
         lname = name.lower()
+        if lname == "connection" and "close" in (t.strip().lower() for t in value.split(",")):
+            keep_alive = False          # the application asked to end the connection
         if lname in HOP_BY_HOP:
             continue
         if lname == "content-length":

@@ -426,6 +426,20 @@ class TLSStream(trio.abc.Stream):
                     self._state = _State.BROKEN
                     raise trio.BrokenResourceError(f"TLS error: {exc!r}") from exc
 
+    async def send_eof(self) -> None:
+        """Send close_notify and keep receiving: TLS's half-close (tunnels, lingering close).
+
+        After this, `send_all` fails; `receive_some` goes on until the peer's close_notify/EOF.
+        """
+        with self._send_guard:
+            self._check_status()
+            await self._ensure_handshake()
+            try:
+                self._conn.shutdown()
+            except SSL.Error:
+                pass
+            await self._flush_outgoing()
+
     async def wait_send_all_might_not_block(self) -> None:
         with self._send_guard:
             self._check_status()

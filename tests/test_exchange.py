@@ -19,7 +19,7 @@ from octopus_comms.halibut.contracts import (
     StartScriptCommandV2,
     UploadResult,
 )
-from octopus_comms.halibut.errors import LocalProtocolError, ProtocolError
+from octopus_comms.halibut.errors import EncodeError, LocalProtocolError, ProtocolError
 from octopus_comms.halibut.exchange import (
     NEED_DATA,
     PAUSED,
@@ -527,3 +527,29 @@ def test_hostile_bytes_raise_only_protocol_errors(kind: str, noise: bytes, data:
             candidate = bytes(damaged[: data.draw(st.integers(0, len(damaged)))])
         cuts = data.draw(st.lists(st.integers(0, len(candidate)), max_size=4))
         _hostile_run(make, candidate, cuts)
+
+
+# -- sending DataStream bodies from elsewhere (files) ---------------------------------------------
+
+
+def test_send_head_lets_the_caller_stream_bodies() -> None:
+    server, agent = identified_server(), waiting_agent()
+    request = RequestMessage(id="up", params=["/x", DataStream(id=ID_A, length=6)])  # no data
+    with pytest.raises(EncodeError, match="no data"):
+        server.send(Request(request))
+    assert server.state is ServerState.IDLE  # a failed send changes nothing
+    head, streams = server.send_head(Request(request))
+    assert streams == [DataStream(id=ID_A, length=6)] and server.state is ServerState.AWAIT_RESPONSE
+    body = [b"abc", b"def"]  # e.g. read from a file in pieces
+    writes = head + framing.data_stream_prefix(streams[0]) + body + [framing.data_stream_suffix(streams[0])]
+    for write in writes:
+        agent.receive_data(write)
+    received = agent.next_event()
+    assert isinstance(received, Request) and received.streams[0].data == b"abcdef"
+    download = DataStream(id=ID_B, length=2)
+    head, streams = agent.send_head(Response(ResponseMessage(id="up", result=download)))
+    assert agent.state is SubscriberState.SEND_NEXT and streams == [download]
+    for write in head + framing.data_stream_prefix(download) + [b"ok", framing.data_stream_suffix(download)]:
+        server.receive_data(write)
+    response = server.next_event()
+    assert isinstance(response, Response) and response.streams[0].data == b"ok"

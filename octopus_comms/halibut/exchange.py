@@ -14,9 +14,10 @@ caller must `send` next), and `send(event) -> list[bytes]` (the separate writes 
     send(Next()) / End() ─── NEXT / END ───▶ Next() / End()
     Proceed()            ◀── PROCEED ─────── send(Proceed())              (after NEXT only)
 
-`awaiting` says who must act next, on what, and the read timeout that applies (data only: the
-shell owns the clocks). A peer's violation raises ProtocolError and the machine stays failed; a
-caller's misuse raises LocalProtocolError and changes nothing.
+`send_head(Request|Response)` sends only the compressed message and leaves the DataStream blocks
+to the caller (large files). `awaiting` says who must act next, on what, and the read timeout
+that applies (data only: the shell owns the clocks). A peer's violation raises ProtocolError and
+the machine stays failed; a caller's misuse raises LocalProtocolError and changes nothing.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ from .framing import (
     MessageReader,
     ReaderLimits,
     Sentinel,
-    encode_message,
+    encode_data_stream,
+    encode_message_head,
     subscriber_identity,
     take_control_line,
 )
@@ -425,29 +427,45 @@ class ServerExchange(_Exchange):
         return Awaiting(Party.NOBODY, state.value, None)
 
     def send(self, event: ServerIdentified | Request | Proceed) -> list[bytes]:
-        """The writes for `event`; LocalProtocolError if it is not the caller's turn for it."""
+        """The writes for `event`; LocalProtocolError if it is not the caller's turn for it.
+        DataStreams in a request must carry their `data` (else see `send_head`)."""
+        if isinstance(event, Request):
+            head, streams = self._encode_request(event)
+            blocks = [write for stream in streams for write in encode_data_stream(stream)]
+            self._request_sent(event.request)
+            return head + blocks
         if isinstance(event, ServerIdentified):
             self._require(event, ServerState.SEND_IDENTITY)
             self._state = ServerState.IDLE
             return [SERVER_IDENTITY]
-        if isinstance(event, Request):
-            self._require(event, ServerState.IDLE)
-            request = event.request
-            if request is not None and not isinstance(request, RequestMessage):
-                raise LocalProtocolError(f"not a RequestMessage: {type(request).__name__}")
-            writes = encode_message(request, serializer=self.serializer)
-            if request is None:
-                self._state = ServerState.AWAIT_NEXT_OR_END
-            else:
-                self.in_flight = request
-                self._state = ServerState.AWAIT_RESPONSE
-                self._start_reader(ResponseMessage)
-            return writes
         if isinstance(event, Proceed):
             self._require(event, ServerState.SEND_PROCEED)
             self._state = ServerState.IDLE
             return [PROCEED]
         raise LocalProtocolError(f"the server never sends {type(event).__name__}")
+
+    def send_head(self, event: Request) -> tuple[list[bytes], list[DataStream]]:
+        """Send a request but only its compressed message: the caller must then write, for each
+        returned DataStream in order, `data_stream_prefix(s)`, exactly `s.length` body bytes and
+        `data_stream_suffix(s)` (framing), e.g. streaming them from a file."""
+        writes, streams = self._encode_request(event)
+        self._request_sent(event.request)
+        return writes, streams
+
+    def _encode_request(self, event: Request) -> tuple[list[bytes], list[DataStream]]:
+        self._require(event, ServerState.IDLE)
+        request = event.request
+        if request is not None and not isinstance(request, RequestMessage):
+            raise LocalProtocolError(f"not a RequestMessage: {type(request).__name__}")
+        return encode_message_head(request, serializer=self.serializer)
+
+    def _request_sent(self, request: RequestMessage | None) -> None:
+        if request is None:
+            self._state = ServerState.AWAIT_NEXT_OR_END
+        else:
+            self.in_flight = request
+            self._state = ServerState.AWAIT_RESPONSE
+            self._start_reader(ResponseMessage)
 
     def _next_event(self) -> Event | Sentinel:
         state = self.state
@@ -570,25 +588,17 @@ class SubscriberExchange(_Exchange):
         return Awaiting(Party.NOBODY, state.value, None)
 
     def send(self, event: Identified | Response | Next | End) -> list[bytes]:
-        """The writes for `event`; LocalProtocolError if it is not the caller's turn for it."""
+        """The writes for `event`; LocalProtocolError if it is not the caller's turn for it.
+        DataStreams in a response must carry their `data` (else see `send_head`)."""
+        if isinstance(event, Response):
+            head, streams = self._encode_response(event)
+            blocks = [write for stream in streams for write in encode_data_stream(stream)]
+            self._response_sent()
+            return head + blocks
         if isinstance(event, Identified):
             self._require(event, SubscriberState.SEND_IDENTITY)
             writes = [subscriber_identity(event.subscription_id)]
             self._state = SubscriberState.AWAIT_SERVER_IDENTITY
-            return writes
-        if isinstance(event, Response):
-            self._require(event, SubscriberState.SEND_RESPONSE)
-            response = event.response
-            if not isinstance(response, ResponseMessage):
-                raise LocalProtocolError(f"not a ResponseMessage: {type(response).__name__}")
-            assert self.in_flight is not None
-            if response.id != self.in_flight.id:
-                raise LocalProtocolError(
-                    f"response id {response.id!r} does not match request {self.in_flight.id!r}"
-                )
-            writes = encode_message(response, serializer=self.serializer)
-            self.in_flight = None
-            self._state = SubscriberState.SEND_NEXT
             return writes
         if isinstance(event, Next):
             self._require(event, SubscriberState.SEND_NEXT)
@@ -599,6 +609,29 @@ class SubscriberExchange(_Exchange):
             self._state = SubscriberState.CLOSED
             return [END]
         raise LocalProtocolError(f"the subscriber never sends {type(event).__name__}")
+
+    def send_head(self, event: Response) -> tuple[list[bytes], list[DataStream]]:
+        """Send a response but only its compressed message; the caller writes each returned
+        DataStream block itself (see `ServerExchange.send_head`)."""
+        writes, streams = self._encode_response(event)
+        self._response_sent()
+        return writes, streams
+
+    def _encode_response(self, event: Response) -> tuple[list[bytes], list[DataStream]]:
+        self._require(event, SubscriberState.SEND_RESPONSE)
+        response = event.response
+        if not isinstance(response, ResponseMessage):
+            raise LocalProtocolError(f"not a ResponseMessage: {type(response).__name__}")
+        assert self.in_flight is not None
+        if response.id != self.in_flight.id:
+            raise LocalProtocolError(
+                f"response id {response.id!r} does not match request {self.in_flight.id!r}"
+            )
+        return encode_message_head(response, serializer=self.serializer)
+
+    def _response_sent(self) -> None:
+        self.in_flight = None
+        self._state = SubscriberState.SEND_NEXT
 
     def _next_event(self) -> Event | Sentinel:
         state = self.state

@@ -1,0 +1,215 @@
+"""Keep-alive proxied requests per second (benchmarks.md §2): the front door against nginx.
+
+`wrk -t1 -c50 --latency` over 50 keep-alive TLS connections, through the server under test to a
+static upstream (nginx `return 200 "ok"`, plain HTTP on loopback, access_log off). The front door
+runs as shipped (`httpsys-emu serve --quiet`, a forward from the store, access.log written per
+request); the peer is nginx proxying to the same upstream (`proxy_http_version 1.1;
+proxy_set_header Connection ""; keepalive 64`, access_log on). Same RSA-2048 certificate, TLS 1.3.
+
+CPU layout (2 cores): the server under test alone on CPU 0; wrk *and* the upstream share CPU 1.
+The upstream is cheap per request, but at nginx's rate CPU 1 can become the limit, so the table
+shows CPU 1's load (wrk + upstream) next to the server's CPU; the server's µs CPU per request
+does not depend on who the bottleneck was.
+`--profile` samples the front door with py-spy during one more run and prints where it spends
+its time (`pip install py-spy` into the venv first).
+Run: `.venv/bin/python bench/proxy_bench.py [--duration S] [--quick] [--profile]`.
+Prints markdown tables; exits 0 whatever the numbers (2 when the setup fails).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import (LOAD_CPU, REPO_ROOT, SERVER_CPU, BenchArgs, CertFiles, CpuMeter,
+                    FrontDoorState, Nginx, Processes, Server, bench_parser, bench_workdir,
+                    ensure_tools, fmt, free_port, frontdoor_env, frontdoor_serve_argv,
+                    machine_description, markdown_table, nginx_tls_server, nginx_worker,
+                    parse_bench_args, ratio, run_main, run_wrk, wait_for_https)
+
+CONNECTIONS = 50
+PATH = "/bench/ok"
+
+
+@dataclass
+class Row:
+    name: str
+    rate: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    cpu_us: float | None = None
+    utilisation: float | None = None
+    load_utilisation: float | None = None
+    errors: str = "-"
+
+
+def measure(server: Server, port: int, upstream: Server, args: BenchArgs) -> Row:
+    wait_for_https(server, port, PATH)
+    url = f"https://127.0.0.1:{port}{PATH}"
+    run_wrk(url, connections=CONNECTIONS, duration=1, latency=True)     # warm-up: pools, caches
+    meter = CpuMeter(server.metered_pids()).start()
+    upstream_meter = CpuMeter(upstream.metered_pids()).start()
+    result = run_wrk(url, connections=CONNECTIONS, duration=args.duration, latency=True)
+    meter.stop()
+    upstream_meter.stop()
+    load = (result.load_cpu_seconds + upstream_meter.cpu) / meter.wall if meter.wall else None
+    return Row(server.name, result.rate, result.p50_ms, result.p99_ms,
+               meter.cpu / result.requests * 1e6 if result.requests else None,
+               meter.utilisation, load, result.errors_text)
+
+
+def profile(server: Server, port: int, args: BenchArgs, workdir: Path, top: int) -> str:
+    """py-spy on the front door during one more wrk run; the top functions by self and total."""
+    py_spy = shutil.which("py-spy") or str(REPO_ROOT / ".venv" / "bin" / "py-spy")
+    if not Path(py_spy).exists():
+        return "\n(--profile: py-spy not found; `.venv/bin/pip install py-spy`)"
+    raw = workdir / "frontdoor.pyspy.txt"
+    seconds = max(2, round(args.duration))
+    spy = subprocess.Popen(["taskset", "-c", str(LOAD_CPU), py_spy, "record",
+                            "--function", "--format", "raw", "--rate", "200", "-d",
+                            str(seconds + 1), "-o", str(raw), "-p", str(server.pid)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        run_wrk(f"https://127.0.0.1:{port}{PATH}", connections=CONNECTIONS, duration=seconds)
+        _out, err = spy.communicate(timeout=seconds + 30)
+    finally:
+        if spy.poll() is None:
+            spy.kill()
+            spy.wait()
+    if not raw.exists():
+        return f"\n(--profile: py-spy wrote nothing: {err.decode(errors='replace').strip()})"
+    self_samples: Counter[str] = Counter()
+    total_samples: Counter[str] = Counter()
+    all_samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        if not any("trio/_core/_run.py" in f for f in frames):
+            continue          # not the trio thread (an idle worker thread of trio's cache)
+        all_samples += count
+        self_samples[frames[-1]] += count
+        for frame in set(frames):
+            total_samples[frame] += count
+    if not all_samples:
+        return "\n(--profile: no samples)"
+    out = [f"\n### Where the front door spends its time (py-spy, {all_samples} samples of the "
+           f"trio thread at 200 Hz during a {seconds}s run)\n"]
+    rows = [[f"{n / all_samples * 100:.1f}", _short(frame)]
+            for frame, n in self_samples.most_common(top)]
+    out.append(markdown_table(["self %", "function (file:first line)"], rows))
+    # inclusive time, leaving out the frames that are on (nearly) every stack: the run loop
+    deep = [(frame, n) for frame, n in total_samples.most_common()
+            if n < 0.9 * all_samples][:top]
+    rows = [[f"{n / all_samples * 100:.1f}", _short(frame)] for frame, n in deep]
+    out.append("")
+    out.append(markdown_table(["total %", "function (file:first line), below the run loop"],
+                              rows))
+    out.append(f"\n(raw stacks: {raw}; keep them with --keep)")
+    return "\n".join(out)
+
+
+def _short(frame: str) -> str:
+    """`name (/long/path/site-packages/trio/_x.py:12)` → `name (trio/_x.py:12)`."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    for marker in ("site-packages/", str(REPO_ROOT) + "/", "/lib/python3"):
+        if marker in where:
+            where = where.split(marker, 1)[1]
+            break
+    return f"{name} ({where})" if where else name
+
+
+def bench(args: BenchArgs, workdir: Path, procs: Processes) -> tuple[list[Row], str]:
+    state = FrontDoorState(workdir / "state")
+    cert: CertFiles = state.new_cert("rsa2048", workdir / "certs")
+    rows: list[Row] = []
+    profile_text = ""
+
+    up_port = free_port()
+    upstream_nginx = Nginx(workdir / "upstream", f"""    server {{
+        listen 127.0.0.1:{up_port};
+        location / {{ return 200 "ok"; }}
+    }}""", access_log=False)
+    upstream = upstream_nginx.start(procs, "upstream", LOAD_CPU)
+    nginx_worker(upstream)
+    wait_for_https(upstream, up_port, PATH, tls=False)
+
+    port = free_port()
+    state.bind(port, cert)
+    state.forward(port, f"http://127.0.0.1:{up_port}")
+    server = procs.start("frontdoor", frontdoor_serve_argv(state), cpu=SERVER_CPU,
+                         env=frontdoor_env())
+    try:
+        rows.append(measure(server, port, upstream, args))
+        rows[-1].name = "httpsys-emu serve (forward)"
+        if args.extra.profile:
+            profile_text = profile(server, port, args, workdir, args.extra.top)
+    finally:
+        procs.stop(server)
+
+    port = free_port()
+    nginx = Nginx(workdir / "nginx-proxy", nginx_tls_server(
+        port, cert, "proxy_pass http://bench_upstream; proxy_http_version 1.1; "
+                    'proxy_set_header Connection "";'),
+        http_extra=f"upstream bench_upstream {{ server 127.0.0.1:{up_port}; keepalive 64; }}")
+    server = nginx.start(procs, "nginx-proxy", SERVER_CPU)
+    try:
+        nginx_worker(server)
+        rows.append(measure(server, port, upstream, args))
+        rows[-1].name = "nginx proxy_pass"
+    finally:
+        procs.stop(server)
+    return rows, profile_text
+
+
+def print_table(rows: Sequence[Row]) -> None:
+    nginx = next((r for r in rows if r.name.startswith("nginx")), None)
+    table = []
+    for row in rows:
+        table.append([row.name, fmt(row.rate), fmt(row.p50_ms, 2), fmt(row.p99_ms, 2),
+                      fmt(row.cpu_us, 1),
+                      fmt(row.utilisation * 100 if row.utilisation is not None else None),
+                      fmt(row.load_utilisation * 100
+                          if row.load_utilisation is not None else None),
+                      ratio(row.rate, nginx.rate if nginx else None, 3),
+                      ratio(row.cpu_us, nginx.cpu_us if nginx else None, 1), row.errors])
+    print("\n### Keep-alive proxied requests\n")
+    print(markdown_table(["server (CPU 0)", "req/s", "p50 ms", "p99 ms", "µs CPU/req",
+                          "server CPU %", "CPU 1 load % (wrk+upstream)", "rate ÷ nginx",
+                          "CPU ÷ nginx", "wrk errors"], table))
+    print("\nA CPU 1 load near 100 % means the load side, not the server, set the rate; "
+          "µs CPU/req is the figure to compare then.")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = bench_parser(__doc__)
+    parser.add_argument("--profile", action="store_true",
+                        help="also sample the front door with py-spy and print its top functions")
+    parser.add_argument("--top", type=int, default=10, help="functions to list with --profile")
+    args = parse_bench_args(parser, argv)
+
+    def body() -> None:
+        ensure_tools("nginx", "wrk", "taskset")
+        print(f"## §2 Keep-alive proxied requests per second\n\n{machine_description()}\n")
+        print(f"wrk -t1 -c{CONNECTIONS} -d{args.duration:g}s --latency on CPU {LOAD_CPU}; "
+              f"server on CPU {SERVER_CPU}; upstream nginx `return 200` on CPU {LOAD_CPU}; "
+              f"TLS 1.3, RSA-2048; request GET {PATH}; access logs on for both servers.")
+        with bench_workdir("proxy-bench", args.keep) as workdir, Processes(workdir) as procs:
+            rows, profile_text = bench(args, workdir, procs)
+            print_table(rows)
+            if profile_text:
+                print(profile_text)
+
+    return run_main(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

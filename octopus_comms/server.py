@@ -1,0 +1,253 @@
+"""`octopus-comms serve`: the comms endpoint and the REST API, behind the HTTP.sys-style front door.
+
+Two ways to sit behind the shared port, with one set of handlers:
+- registered: a running `httpsys-emu serve` owns the port; we register our prefixes over its
+  control socket (checked against urlacl) and receive requests on our own Unix socket;
+- embedded (`--embedded`): the front door runs in this process, same state directory, same rules.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+from urllib.parse import quote, urlencode
+
+import trio
+
+from httpsys_emu import control_client
+from httpsys_emu.handlers import HandlerRequest
+from httpsys_emu.urlprefix import parse_prefix
+
+from .api import Api, ApiRequest
+from .endpoint import CommsEndpoint
+from .polling import LiveAgents, TrustedAgent
+from .queue import PendingRequestQueues
+from .settings import ServerSettings, load_settings, update_settings
+from .store import Store
+from .tasks import ScriptTaskRunner
+
+log = logging.getLogger("octopus_comms.server")
+
+SOCKET_NAME = "comms.sock"
+MAX_API_BODY = 16 << 20
+RECONNECT_SECONDS = 2.0
+
+Handler = Callable[[HandlerRequest], Awaitable[None]]
+
+
+class ServeError(Exception):
+    """The server cannot start; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Route:
+    prefix: str
+    handler: Handler
+    client_cert: bool
+
+
+def default_web_prefixes(settings: ServerSettings) -> list[str]:
+    """`https://+:PORT/api/` on each comms port, plus whatever webListenPrefixes adds."""
+    prefixes: list[str] = []
+    for comms in settings.comms_listen_websocket:
+        p = parse_prefix(comms)
+        prefixes.append(f"{p.scheme}://{p.host}:{p.port}/api/")
+    for extra in settings.web_listen_prefixes:
+        if parse_prefix(extra) not in [parse_prefix(x) for x in prefixes]:
+            prefixes.append(extra)
+    return prefixes
+
+
+def binding_thumbprint(state_dir: Path, port: int) -> str | None:
+    """The certificate bound to `port` in the front door's configuration (what agents trust)."""
+    from httpsys_emu.store import Store as FrontDoorStore
+    try:
+        with FrontDoorStore.open(state_dir) as store:
+            bindings = [b for b in store.list_sslcerts() if b.key.port == port and b.certhash]
+    except Exception:
+        return None
+    bindings.sort(key=lambda b: (b.key.kind.value != "ipport",
+                                 b.key.host not in ("0.0.0.0", "::")))
+    return bindings[0].certhash if bindings else None
+
+
+class CommsServer:
+    """Owns the store, the queues, the task runner and the handlers."""
+
+    def __init__(self, home: Path, state_dir: Path, *, node: str | None = None,
+                 keepalive: float = 30.0, collection_timeout: float | None = None) -> None:
+        self.home = Path(home)
+        self.state_dir = Path(state_dir)
+        self.settings = load_settings(self.home)
+        if not self.settings.comms_enabled:
+            raise ServeError("the comms listener is off: run `octopus-comms configure "
+                             "--commsListenWebSocket https://+:443/OctopusComms` first")
+        self.node = node or socket.gethostname()
+        self.store = Store.open(self.home)
+        self.queues = PendingRequestQueues()
+        self.live = LiveAgents()
+        self.keepalive = keepalive
+        self.collection_timeout = collection_timeout
+        comms_port = parse_prefix(self.settings.comms_listen_websocket[0]).port
+        self.thumbprint = binding_thumbprint(self.state_dir, comms_port)
+        self.runner: ScriptTaskRunner | None = None
+        self.api: Api | None = None
+        self.endpoint = CommsEndpoint(trust=self.trust, queues=self.queues, live=self.live,
+                                      node=self.node, keepalive=keepalive)
+        self.registered = trio.Event()
+
+    # -- trust -------------------------------------------------------------------------------------
+    def trust(self, thumbprint: str) -> TrustedAgent | None:
+        wanted = thumbprint.upper()
+        for machine in self.store.list_machines(None):
+            if machine.thumbprint.upper() == wanted and not machine.is_disabled:
+                return TrustedAgent(machine.id, machine.name, machine.thumbprint,
+                                    machine.uri or None)
+        return None
+
+    # -- handlers ---------------------------------------------------------------------------------
+    async def api_handler(self, request: HandlerRequest) -> None:
+        assert self.api is not None
+        info = request.info
+        try:
+            body = await request.read_body(limit=MAX_API_BODY)
+        except ValueError:
+            await request.respond(413, [("Content-Type", "text/plain")], b"Request too large\n")
+            return
+        query: dict[str, list[str]] = {}
+        from urllib.parse import parse_qs
+        for key, values in parse_qs(info.query, keep_blank_values=True).items():
+            query[key] = values
+        headers: dict[str, str] = {}
+        for name, value in info.headers:
+            headers.setdefault(name.lower(), value)
+        api_request = ApiRequest(method=info.method, path=quote(info.path, safe="/:@!$&'()*+,;=-._~"),
+                                 query=query, headers=headers, body=body,
+                                 client_ip=info.conn.remote_ip)
+        response = await trio.to_thread.run_sync(self.api.handle, api_request)
+        await request.respond(response.status, list(response.headers),
+                              b"" if info.method == "HEAD" else response.body)
+
+    def routes(self) -> list[Route]:
+        routes = [Route(p, self.endpoint, True) for p in self.settings.comms_listen_websocket]
+        routes += [Route(p, self.api_handler, False) for p in default_web_prefixes(self.settings)]
+        return routes
+
+    def _publish_api_url(self) -> None:
+        """Record where the API answers, so `octopus-comms script run` finds it from the home."""
+        api = default_web_prefixes(self.settings)[0]
+        p = parse_prefix(api)
+        host = "localhost" if p.host in ("+", "*") else p.host
+        update_settings(self.home, api_url=f"{p.scheme}://{host}:{p.port}/",
+                        api_thumbprint=self.thumbprint)
+
+    def _start(self, nursery: trio.Nursery) -> None:
+        self.runner = ScriptTaskRunner(self.store, self.queues, nursery,
+                                       collection_timeout=self.collection_timeout)
+        self.api = Api(self.store, self.runner, server_thumbprint=self.thumbprint,
+                       server_node=self.node)
+        self.runner.resume_queued()
+        self._publish_api_url()
+
+    # -- the two modes ---------------------------------------------------------------------------
+    async def run_embedded(self, *, task_status: Any = trio.TASK_STATUS_IGNORED,
+                           handle_signals: bool = False) -> None:
+        from httpsys_emu.frontdoor import FrontDoor
+        async with trio.open_nursery() as nursery:
+            self._start(nursery)
+            door = FrontDoor(self.state_dir)
+            await nursery.start(lambda task_status: door.run(handle_signals=handle_signals,
+                                                             task_status=task_status))
+            async with _registered_handlers(door, self.routes()):
+                log.info("serving %s (embedded front door)",
+                         ", ".join(r.prefix for r in self.routes()))
+                self.registered.set()
+                task_status.started(self)
+                await trio.sleep_forever()
+
+    async def run_registered(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        from httpsys_emu.appserver import AppServer
+        sock_path = self.home / SOCKET_NAME
+        app = AppServer(self._dispatch, log=lambda m: log.warning("%s", m))
+        async with trio.open_nursery() as nursery:
+            self._start(nursery)
+            await nursery.start(lambda task_status: app.serve_unix(sock_path, mode=0o666,
+                                                                   task_status=task_status))
+            started = False
+            while True:
+                try:
+                    async with control_client.connect(self.state_dir) as control:
+                        for route in self.routes():
+                            await control.register(route.prefix, deliver=f"unix:{sock_path}",
+                                                   client_cert=route.client_cert)
+                        log.info("registered %s with the front door",
+                                 ", ".join(r.prefix for r in self.routes()))
+                        self.registered.set()
+                        if not started:
+                            started = True
+                            task_status.started(self)
+                        await control.wait_closed()
+                        log.warning("the front door went away; registering again when it is back")
+                except control_client.ControlUnavailable as exc:
+                    if not started:
+                        raise ServeError(str(exc)) from None
+                    log.info("%s", exc)
+                self.registered = trio.Event()
+                await trio.sleep(RECONNECT_SECONDS)
+
+    async def _dispatch(self, request: HandlerRequest) -> None:
+        """Requests from the front door's forward: pick the handler by the matched prefix."""
+        matched = request.info.prefix
+        for route in self.routes():
+            if parse_prefix(route.prefix) == matched:
+                await route.handler(request)
+                return
+        await request.respond(404, [("Content-Type", "text/plain")], b"Not Found\n")
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class _registered_handlers:
+    """Register every route with an in-process front door for the duration of a block."""
+
+    def __init__(self, door: Any, routes: list[Route]) -> None:
+        self.door = door
+        self.routes = routes
+        self._stack: Any = None
+
+    async def __aenter__(self) -> None:
+        from contextlib import AsyncExitStack
+        self._stack = AsyncExitStack()
+        for route in self.routes:
+            await self._stack.enter_async_context(
+                self.door.register_handler(route.prefix, route.handler,
+                                           name=route.prefix, client_cert=route.client_cert))
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+
+def serve(home: Path, state_dir: Path, *, embedded: bool) -> None:
+    """Foreground entry point for the CLI."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    server = CommsServer(home, state_dir)
+
+    async def main() -> None:
+        with trio.open_signal_receiver(15, 2) as signals:
+            async with trio.open_nursery() as nursery:
+                if embedded:
+                    nursery.start_soon(lambda: server.run_embedded(handle_signals=False))
+                else:
+                    await nursery.start(server.run_registered)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+    try:
+        trio.run(main)
+    finally:
+        server.close()
