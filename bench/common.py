@@ -207,25 +207,59 @@ def child_pids(pid: int) -> list[int]:
     return found
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat: all but idle and iowait)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+def wait_for_quiet(max_wait: float = 30.0, busy_below: float = 0.15) -> float:
+    """Wait until the machine is nearly idle (under `busy_below` of one core over 0.5 s; other
+    engineers' jobs share it), at most `max_wait` s; the busy share last seen."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        before = machine_busy_seconds()
+        time.sleep(0.5)
+        share = (machine_busy_seconds() - before) / 0.5
+        if share < busy_below or time.monotonic() >= deadline:
+            return share
+
+
 @dataclass
 class CpuMeter:
-    """CPU seconds used by some processes, and wall time, between `start()` and `stop()`."""
+    """CPU seconds used by some processes, by the whole machine, and wall time, between
+    `start()` and `stop()`; the machine figure shows when something else was running too."""
 
     pids: Sequence[int]
     cpu: float = 0.0
+    machine_cpu: float = 0.0
     wall: float = 0.0
     _cpu0: float = 0.0
+    _machine0: float = 0.0
     _wall0: float = 0.0
 
     def start(self) -> CpuMeter:
         self._cpu0 = sum(cpu_seconds(p) for p in self.pids)
+        self._machine0 = machine_busy_seconds()
         self._wall0 = time.monotonic()
         return self
 
     def stop(self) -> CpuMeter:
         self.cpu = sum(cpu_seconds(p) for p in self.pids) - self._cpu0
+        self.machine_cpu = machine_busy_seconds() - self._machine0
         self.wall = time.monotonic() - self._wall0
         return self
+
+    def foreign_share(self, *accounted: float) -> float:
+        """Busy CPU not explained by our processes, as a fraction of one core (kernel work for
+        loopback traffic lands here too, so a few percent is normal)."""
+        if self.wall <= 0:
+            return 0.0
+        return max(0.0, self.machine_cpu - self.cpu - sum(accounted)) / self.wall
 
     @property
     def utilisation(self) -> float:
@@ -618,6 +652,7 @@ class BenchArgs:
     duration: float
     quick: bool
     keep: bool
+    repeat: int
     extra: argparse.Namespace = field(default_factory=argparse.Namespace)
 
 
@@ -628,6 +663,9 @@ def bench_parser(description: str | None) -> argparse.ArgumentParser:
                         help="seconds per measured run (default 5; 2 with --quick)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 2 s runs, smaller N")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measured runs per server; the least disturbed one (lowest "
+                             "'other CPU') is reported (timed benchmarks only)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temp dir (configs, logs) and print where it is")
     return parser
@@ -637,7 +675,8 @@ def parse_bench_args(parser: argparse.ArgumentParser,
                      argv: Sequence[str] | None) -> BenchArgs:
     ns = parser.parse_args(argv)
     duration = ns.duration if ns.duration is not None else (2.0 if ns.quick else 5.0)
-    return BenchArgs(duration=duration, quick=ns.quick, keep=ns.keep, extra=ns)
+    return BenchArgs(duration=duration, quick=ns.quick, keep=ns.keep,
+                     repeat=max(1, ns.repeat), extra=ns)
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ from common import (LOAD_CPU, SERVER_CPU, CertFiles, CpuMeter, FrontDoorState,
                     free_port, frontdoor_env, frontdoor_handler_argv, machine_description,
                     markdown_table, nginx_tls_server, nginx_worker, parse_bench_args,
                     raise_nofile_limit, ratio, rss_kib, run_main, socket_count,
-                    wait_for_https)
+                    wait_for_https, wait_for_quiet)
 
 PER_SOURCE_ADDRESS = 1000          # below the front door's 2,000-per-client cap
 IN_FLIGHT = 64                     # handshakes at once: well inside the 10 s handshake deadline
@@ -141,6 +141,7 @@ async def measure_async(server: Server, port: int, row: Row) -> None:
     await close_all(await open_idle(port, WARM_UP, source_addresses(WARM_UP), warm_failures))
     await trio.sleep(1.0)
     row.baseline_kib = await settle_rss(server)
+    wait_for_quiet()          # the fill's CPU figure is only fair on an idle machine
     meter = CpuMeter(server.metered_pids()).start()
     started = time.monotonic()
     streams = await open_idle(port, row.n, source_addresses(row.n), row.failures)

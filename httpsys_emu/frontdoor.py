@@ -166,16 +166,20 @@ class FrontDoor:
                 table.reserve(prefix, acl)
             except WinError as exc:
                 self.log.info(f"reservation {prefix} skipped: {exc}")
-        for prefix, target in self.snapshot.forwards:
-            try:
-                table.register(prefix, Registration(prefix, target, Owner("forward")))
-            except WinError as exc:
-                self.log.info(f"forward {prefix} skipped: {exc}")
+        # Live registrations first: a forward added later never takes a prefix away from a
+        # running application; it takes over when the application goes.
         for prefix, registration in list(self._live.items()):
             try:
                 table.register(prefix, registration)
             except WinError as exc:
                 self.log.info(f"registration {registration} conflicts with the store: {exc}")
+        for prefix, target in self.snapshot.forwards:
+            if prefix in self._live:
+                continue
+            try:
+                table.register(prefix, Registration(prefix, target, Owner("forward")))
+            except WinError as exc:
+                self.log.info(f"forward {prefix} skipped: {exc}")
         self.routes = table
         self._rebuild_selector()
 
@@ -254,7 +258,9 @@ class FrontDoor:
         del self._live[prefix]
         if self.routes.registration(prefix) is registration:
             self.routes.unregister(prefix)
-        if registration.client_cert:
+        if self.snapshot is not None and any(p == prefix for p, _t in self.snapshot.forwards):
+            self._rebuild_routes()            # the static forward it was holding back
+        elif registration.client_cert:
             self._rebuild_selector()
         self.log.info(f"unregistered {registration}")
 

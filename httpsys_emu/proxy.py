@@ -190,7 +190,10 @@ class ReverseProxy:
                         limits: Limits, upgrading: bool) -> bool:
         """Request out, body pumped alongside, response relayed; True if `up` is reusable."""
         try:
-            await up.stream.send_all(up.conn.send(request))
+            with trio.fail_after(limits.upstream_response_timeout):
+                await up.stream.send_all(up.conn.send(request))
+        except trio.TooSlowError:
+            raise UpstreamUnavailable("upstream does not take the request") from None
         except _UPSTREAM_ERRORS as exc:
             if up.reused:
                 raise _StaleConnection(f"pooled upstream connection failed: {exc}") from None

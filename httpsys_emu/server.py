@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .frontdoor import FrontDoor
 
 _connection_ids = itertools.count(1)
+DRAIN_LINGER = 0.25          # shutting down: linger only briefly after the last response
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
@@ -113,13 +114,21 @@ class ConnectionHandler:
             except _STREAM_ERRORS:
                 if self.in_request:
                     self.httperr("Connection_Dropped")
+            except BaseException as exc:
+                cut = isinstance(leaf_exception(exc), trio.Cancelled)
+                if cut and self.in_request and self.door.draining:   # the drain deadline
+                    self.httperr("Connection_Abandoned_By_ReqQueue")
+                raise
             finally:
                 await self._finish(tls, how)
 
     async def _finish(self, tls: TLSStream | None, how: Close) -> None:
         """End the connection the chosen way, bounded in time. Lingering stops at once when
         the front door shuts down; the close itself is shielded."""
-        with trio.move_on_after(max(self.door.limits.linger, 0.1)):
+        linger = self.door.limits.linger
+        if self.door.draining:
+            linger = min(linger, DRAIN_LINGER)
+        with trio.move_on_after(max(linger, 0.1)):
             try:
                 if how is Close.RESET:
                     self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,

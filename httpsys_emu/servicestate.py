@@ -28,7 +28,11 @@ def format_servicestate(state: dict[str, Any]) -> str:
                  f"configuration generation {state.get('generation')}")
     lines.append("    Listening on: " + (", ".join(state.get("listeners") or []) or "(none)"))
     lines.append(f"    Open connections: {state.get('connections', 0)}, "
-                 f"active requests: {state.get('active_requests', 0)}")
+                 f"active requests: {state.get('active_requests', 0)}"
+                 + (", draining" if state.get("draining") else ""))
+    if "upstream_connects" in state:
+        lines.append(f"    Upstream connections: {state.get('upstream_connects', 0)} opened, "
+                     f"{state.get('upstream_reuses', 0)} reused")
     lines.append("")
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for reg in state.get("registrations") or []:

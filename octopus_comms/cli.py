@@ -450,6 +450,83 @@ def _serve(home: HomeOption = None,
     run(body)
 
 
+# ----------------------------------------------------------------------------- script run
+
+script_app = _sub_app("script", "Run ad hoc scripts on deployment targets (the script console).",
+                      "Run ad hoc scripts on deployment targets.")
+
+
+@script_app.command("run", short_help="Run a script on machines and stream its log.",
+                    help=_preformatted(
+                        "Create an AdHocScript task through the REST API, stream its log as it\n"
+                        "runs, and exit with the script's exit code. By default the API address,\n"
+                        "its certificate and a temporary API key come from the server's home;\n"
+                        "--server and --apikey talk to any Octopus Server instead.\n\n"
+                        "Examples:\n"
+                        "  octopus-comms script run --environment Dev --role web --body 'uname -a'\n"
+                        "  octopus-comms script run --machine web01 --file deploy.sh\n"
+                        "  octopus-comms script run --server https://octo:8443 --apikey API-... \\\n"
+                        "      --environment Production --body 'df -h'"))
+def _script_run(
+        environment: Annotated[list[str] | None, typer.Option(
+            "--environment", metavar="NAME", help="Target environment (repeatable).")] = None,
+        role: Annotated[list[str] | None, typer.Option(
+            "--role", metavar="ROLE", help="Target role (repeatable).")] = None,
+        machine: Annotated[list[str] | None, typer.Option(
+            "--machine", metavar="NAME", help="Target machine (repeatable).")] = None,
+        script_body: Annotated[str | None, typer.Option(
+            "--body", metavar="TEXT", help="The script text.")] = None,
+        file: Annotated[Path | None, typer.Option(
+            "--file", metavar="PATH", help="Read the script from a file.")] = None,
+        syntax: Annotated[str, typer.Option(
+            "--syntax", metavar="Bash|PowerShell", help="Script syntax.")] = "Bash",
+        server: Annotated[str | None, typer.Option(
+            "--server", metavar="URL", help="Octopus Server URL (else from the home).")] = None,
+        apikey: Annotated[str | None, typer.Option(
+            "--apikey", metavar="API-KEY", help="API key for --server.")] = None,
+        home: HomeOption = None) -> None:
+    import trio as _trio
+
+    from octopus_comms.script_run import (ScriptRequest, ScriptRunError, client_from_home,
+                                          run_script)
+    from tentacle import TentacleError
+    from tentacle.octopus_api import OctopusClient
+
+    def body() -> int:
+        if (script_body is None) == (file is None):
+            raise CliFailure("give the script with exactly one of --body or --file")
+        text = script_body if script_body is not None else _read_file(file)
+        if syntax.lower() not in ("bash", "powershell"):
+            raise CliFailure("--syntax must be Bash or PowerShell")
+        request = ScriptRequest(body=text, syntax="Bash" if syntax.lower() == "bash"
+                                else "PowerShell", environments=tuple(environment or ()),
+                                roles=tuple(role or ()), machines=tuple(machine or ()))
+        cleanup = None
+        try:
+            if server:
+                if not apikey:
+                    raise CliFailure("--server needs --apikey")
+                client = OctopusClient(server, apikey)
+            else:
+                client, cleanup = client_from_home(home_dir(home))
+            return _trio.run(lambda: run_script(client, request,
+                                                announce=lambda m: typer.echo(m, err=True)))
+        except (ScriptRunError, TentacleError) as exc:
+            raise CliFailure(str(exc)) from None
+        finally:
+            if cleanup is not None:
+                cleanup()
+    raise typer.Exit(run(body))
+
+
+def _read_file(path: Path | None) -> str:
+    assert path is not None
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CliFailure(f"cannot read {path}: {exc.strerror}") from None
+
+
 # ----------------------------------------------------------------------------- entry point
 
 def main() -> None:

@@ -43,12 +43,21 @@ class ScriptTaskRunner:
         self.collection_timeout = collection_timeout
         self.poll_interval = poll_interval
         self._cancel: dict[str, trio.Event] = {}
+        self._token = trio.lowlevel.current_trio_token()
 
+    # The API calls these from a worker thread (it does blocking SQLite writes); the work itself
+    # is scheduled onto the trio thread that owns the nursery.
     def start(self, task_id: str) -> None:
+        self._token.run_sync_soon(self._start_in_trio, task_id)
+
+    def cancel(self, task_id: str) -> None:
+        self._token.run_sync_soon(self._cancel_in_trio, task_id)
+
+    def _start_in_trio(self, task_id: str) -> None:
         self._cancel[task_id] = trio.Event()
         self.nursery.start_soon(self._run_task, task_id)
 
-    def cancel(self, task_id: str) -> None:
+    def _cancel_in_trio(self, task_id: str) -> None:
         event = self._cancel.get(task_id)
         if event is not None:
             event.set()
@@ -64,7 +73,7 @@ class ScriptTaskRunner:
                                         TaskState.CANCELLING})), take=1000)
         for task in tasks:
             if task.state is TaskState.QUEUED:
-                self.start(task.id)
+                self._start_in_trio(task.id)
             else:
                 self.store.append_task_log(task.id, None, LogCategory.ERROR,
                                            "The server restarted while this task was running; "

@@ -11,7 +11,7 @@ from typing import Any
 
 import trio
 from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 MAX_FRAME = 1 << 20
@@ -32,8 +32,9 @@ class HalibutWebSocket:
     """Send and receive the Halibut byte stream over a WebSocket connection."""
 
     def __init__(self, stream: trio.abc.Stream, ws: Connection, *, max_frame: int = MAX_FRAME,
-                 leftover: bytes = b"") -> None:
+                 leftover: bytes = b"", close_timeout: float = CLOSE_TIMEOUT) -> None:
         self.stream = stream
+        self.close_timeout = close_timeout
         self.ws = ws
         self.max_frame = max_frame
         self._send_lock = trio.Lock()
@@ -42,6 +43,7 @@ class HalibutWebSocket:
         self._events: list[Any] = []
         self._closed: WebSocketClosed | None = None
         self._text_parts: list[str] = []
+        self._receiving = False
         if leftover:
             ws.receive_data(leftover)
 
@@ -68,37 +70,51 @@ class HalibutWebSocket:
             if data:
                 await self.stream.send_all(data)
 
+    async def _take_events(self) -> None:
+        """Move what wsproto has parsed into our queue; pings answered, violations closed."""
+        for event in self.ws.events():
+            if isinstance(event, Ping):
+                await self._send_event(event.response())
+            elif isinstance(event, Pong):
+                continue
+            elif isinstance(event, CloseConnection):
+                if self.ws.state is ConnectionState.OPEN:
+                    # wsproto reports a peer's protocol violation as a CloseConnection it made
+                    # up itself (state still OPEN): answer with that code (1002/1007/1009).
+                    await self._fail(event.code, event.reason or "protocol violation")
+                if self.ws.state is ConnectionState.REMOTE_CLOSING:
+                    try:
+                        await self._send_event(event.response())
+                    except (WebSocketClosed, trio.BrokenResourceError, OSError):
+                        pass
+                self._events.append(event)
+            else:
+                self._events.append(event)
+
     async def _fill(self) -> None:
-        """Read more bytes and turn them into events (pings answered here)."""
+        """Make at least one event available: first what is already parsed (bytes that came
+        with the handshake), else read more from the network."""
         if self._closed is not None:
             raise self._closed
+        try:
+            await self._take_events()
+        except RemoteProtocolError as exc:
+            await self._fail(1002, str(exc))
+        if self._events:
+            return
+        self._receiving = True
         try:
             data = await self.stream.receive_some(65536)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._closed = WebSocketClosed(1006, f"connection lost: {exc}")
             raise self._closed from None
-        if not data:
-            self.ws.receive_data(None)
-        else:
-            self.ws.receive_data(data)
+        finally:
+            self._receiving = False
+        self.ws.receive_data(data if data else None)
         try:
-            for event in self.ws.events():
-                if isinstance(event, Ping):
-                    await self._send_event(event.response())
-                elif isinstance(event, Pong):
-                    continue
-                elif isinstance(event, CloseConnection):
-                    if self.ws.state is ConnectionState.REMOTE_CLOSING:
-                        try:
-                            await self._send_event(event.response())
-                        except (WebSocketClosed, trio.BrokenResourceError, OSError):
-                            pass
-                    self._events.append(event)
-                else:
-                    self._events.append(event)
+            await self._take_events()
         except RemoteProtocolError as exc:
-            code = getattr(exc.event_hint, "code", 1002) if exc.event_hint else 1002
-            await self._fail(int(code), str(exc))
+            await self._fail(1002, str(exc))
         if not data and not self._events:
             self._closed = WebSocketClosed(1006, "connection closed without a Close frame")
             raise self._closed
@@ -131,7 +147,8 @@ class HalibutWebSocket:
             await self._fill()
 
     async def receive_some(self) -> bytes:
-        """The next bytes of the binary stream; b"" once the peer closed the WebSocket."""
+        """The next bytes of the binary stream; b"" once the WebSocket is closed (by the peer,
+        or by us after a violation: see `closed` for the code)."""
         while True:
             while self._events:
                 event = self._events.pop(0)
@@ -141,14 +158,20 @@ class HalibutWebSocket:
                 if isinstance(event, BytesMessage):
                     self._frame_bytes += len(event.data)
                     if self._frame_bytes > self.max_frame:
-                        await self._fail(1009, f"frame larger than {self.max_frame} bytes")
+                        try:
+                            await self._fail(1009, f"frame larger than {self.max_frame} bytes")
+                        except WebSocketClosed:
+                            return b""
                     if event.frame_finished:
                         self._frame_bytes = 0
                     if event.data:
                         return bytes(event.data)
                     continue
                 if isinstance(event, TextMessage):
-                    await self._fail(1002, "text inside the binary stream")
+                    try:
+                        await self._fail(1002, "text inside the binary stream")
+                    except WebSocketClosed:
+                        return b""
             if self._closed is not None:
                 return b""
             try:
@@ -171,9 +194,12 @@ class HalibutWebSocket:
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Send Close (if still open) and wait briefly for the peer's Close, then drop TCP."""
-        with trio.move_on_after(CLOSE_TIMEOUT):
+        with trio.move_on_after(self.close_timeout):
             try:
-                if self.ws.state is ConnectionState.OPEN:
+                if self.ws.state is ConnectionState.OPEN and self._receiving:
+                    # Another task is reading: it will see the peer's Close; just send ours.
+                    await self._send_event(CloseConnection(code=code, reason=reason))
+                elif self.ws.state is ConnectionState.OPEN:
                     await self._send_event(CloseConnection(code=code, reason=reason))
                     while self.ws.state is not ConnectionState.CLOSED:
                         data = await self.stream.receive_some(65536)

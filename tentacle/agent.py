@@ -26,6 +26,7 @@ import trio
 from httpsys_emu.tlsconfig import client_context
 from octopus_comms.halibut.messages import RequestMessage
 
+from . import TentacleError
 from .agentlog import LOG_FILE_NAME, AgentLog
 from .backoff import BackoffSettings, ReconnectPolicy
 from .dispatch import Dispatcher
@@ -55,7 +56,7 @@ ALLOWED_ROOTS_KEY = "Tentacle.FileTransfer.AllowedRoots"
 use; default the home and the application directory."""
 
 
-class AgentError(Exception):
+class AgentError(TentacleError):
     """The agent cannot run with this configuration (e.g. it has no certificate)."""
 
 
@@ -176,7 +177,7 @@ async def run_agent(
                     log=log,
                     policy=ReconnectPolicy(options.backoff, clock=time.monotonic, random=random.random),
                     settings=options.poller,
-                    name=server.address if count == 1 else f"{server.address} #{index + 1}",
+                    name=(server.address or "") if count == 1 else f"{server.address} #{index + 1}",
                 )
                 for server in servers
                 for index in range(count)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import functools
 import hashlib
 import os
 from collections.abc import Iterable
@@ -81,7 +82,7 @@ def normalize_thumbprint(text: str) -> str | None:
 
 def new_certificate(now: datetime.datetime | None = None) -> AgentCertificate:
     """A fresh self-signed RSA-2048 `CN=Octopus Tentacle` certificate, SHA-256, 100 years."""
-    moment = now or datetime.datetime.now(datetime.timezone.utc)
+    moment = now or datetime.datetime.now(datetime.UTC)
     key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_SIZE)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SUBJECT_COMMON_NAME)])
     cert = (
@@ -108,13 +109,19 @@ def new_certificate(now: datetime.datetime | None = None) -> AgentCertificate:
 def encode_certificate_setting(cert_pem: bytes, key_pem: bytes) -> str:
     """The `Tentacle.Certificate` value: base64 of a password-less PFX holding cert and key."""
     cert = x509.load_pem_x509_certificate(cert_pem)
-    key = serialization.load_pem_private_key(key_pem, password=None)
+    # The key is ours (generated here, or validated when its PFX was decoded): skip the costly
+    # RSA consistency check.
+    key = serialization.load_pem_private_key(key_pem, password=None,
+                                             unsafe_skip_rsa_key_validation=True)
     pfx = pkcs12.serialize_key_and_certificates(
         None, key, cert, None, serialization.NoEncryption())  # type: ignore[arg-type]
     return base64.b64encode(pfx).decode("ascii")
 
 
+@functools.lru_cache(maxsize=16)
 def _pems_from_pfx(pfx: bytes) -> AgentCertificate:
+    """Decode a PFX (cached: loading validates the RSA key, ~80 ms, and one CLI command may load
+    the same configuration several times)."""
     key, cert, _chain = pkcs12.load_key_and_certificates(pfx, None)
     if cert is None or key is None:
         raise CertificateError("The stored certificate has no certificate or no private key.")
@@ -133,8 +140,8 @@ def _b64decode(text: str) -> bytes | None:
         return None
 
 
-def decode_certificate_setting(value: str,
-                               machine_keys: Iterable[tuple[bytes, bytes]] = ()) -> AgentCertificate:
+def decode_certificate_setting(
+        value: str, machine_keys: Iterable[tuple[bytes, bytes]] = ()) -> AgentCertificate:
     """Read a `Tentacle.Certificate` value: plain base64 PFX, else machine-key encrypted.
 
     `machine_keys` are (key, iv) pairs to try, as `load_machine_key` returns them.

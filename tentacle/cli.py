@@ -4,9 +4,9 @@ Why hand-written dispatch: Tentacle's grammar is not POSIX (see `options`), its 
 codes are part of what scripts rely on (1 for a controlled failure, 2 for an unknown command, 100
 for anything unexpected), and no traceback may reach the user. Every command takes `--instance`
 (default: the `Tentacle` instance, else the only one) or `--config PATH`, plus Tentacle's common
-switches (`--help`, and the ignored `--console`, `--nologo`, `--noninteractive`,
-`--noconsolelogging`). The work is done in `config`, `instances`, `certificate`, `registration`
-and `service`; this module parses, calls and prints.
+switches (`--help`; `--noconsolelogging`, which `agent` honours; and the ignored `--console`,
+`--nologo`, `--noninteractive`). The work is done in `config`, `instances`, `certificate`,
+`registration` and `service`; this module parses, calls and prints.
 """
 
 from __future__ import annotations
@@ -21,8 +21,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tentacle import TentacleError, __version__
-from tentacle.options import (OptionSpec, ParsedOptions, format_option_help, parse_options,
-                              switch, value_option)
+from tentacle.options import (
+    OptionSpec,
+    ParsedOptions,
+    format_option_help,
+    parse_options,
+    switch,
+    value_option,
+)
 
 PROG = "tentacle"
 EXIT_OK = 0
@@ -112,8 +118,13 @@ def _int_option(options: ParsedOptions, name: str, low: int, high: int) -> int |
 
 def cmd_create_instance(options: ParsedOptions, output: Output) -> int:
     from tentacle.config import load_config, new_config, save_config, update_config
-    from tentacle.instances import (DEFAULT_INSTANCE, InstanceRecord, InstanceRegistry,
-                                    default_config_path, validate_instance_name)
+    from tentacle.instances import (
+        DEFAULT_INSTANCE,
+        InstanceRecord,
+        InstanceRegistry,
+        default_config_path,
+        validate_instance_name,
+    )
     name = validate_instance_name(options.get("instance") or DEFAULT_INSTANCE)
     given = options.get("config")
     config_path = (Path(os.path.abspath(os.path.expanduser(given))) if given
@@ -271,9 +282,14 @@ def cmd_show_configuration(options: ParsedOptions, output: Output) -> int:
 
 def cmd_configure(options: ParsedOptions, output: Output) -> int:
     from tentacle.certificate import normalize_thumbprint
-    from tentacle.config import (COMMUNICATION_STYLE_ACTIVE, COMMUNICATION_STYLE_PASSIVE,
-                                 TrustedServer, add_or_update_trusted_server,
-                                 remove_trusted_thumbprint, update_config)
+    from tentacle.config import (
+        COMMUNICATION_STYLE_ACTIVE,
+        COMMUNICATION_STYLE_PASSIVE,
+        TrustedServer,
+        add_or_update_trusted_server,
+        remove_trusted_thumbprint,
+        update_config,
+    )
     from tentacle.options import parse_bool_word
 
     def thumbprints(name: str) -> list[str]:
@@ -388,11 +404,23 @@ def _endpoint(options: ParsedOptions) -> Any:
 def _report(result: Any, output: Output) -> None:
     output.say(f"Trusting the Octopus Server certificate {result.server_thumbprint} at "
                f"{result.address}")
+    if not result.address.lower().startswith("wss://"):
+        output.say(f"Warning: this agent polls over WebSockets only and will not poll "
+                   f"{result.address}; register with --server-web-socket=wss://… instead.")
     output.say(f"Subscription id: {result.subscription_id}")
     if result.machine_id:
         verb = "updated" if result.updated_existing else "registered"
         output.say(f"Machine {result.machine_name} {verb} with id: {result.machine_id}")
-    output.say(RESTART_WARNING)
+
+
+def _restart_if_running(path: Path, options: ParsedOptions, output: Output) -> None:
+    """halibut.md §5 step 7: a running agent is restarted so that it polls with the new trust."""
+    from tentacle.config import load_config
+    from tentacle.service import ServiceController
+    controller = ServiceController(load_config(path, instance=_instance(options)), output.say)
+    if controller.status().running:
+        output.say("Restarting the Tentacle service so that it uses the new configuration")
+        controller.restart()
 
 
 def cmd_register_with(options: ParsedOptions, output: Output) -> int:
@@ -411,6 +439,7 @@ def cmd_register_with(options: ParsedOptions, output: Output) -> int:
     result = trio.run(functools.partial(register_with, path, request, output.say,
                                         instance=_instance(options)))
     _report(result, output)
+    _restart_if_running(path, options, output)
     return EXIT_OK
 
 
@@ -425,6 +454,7 @@ def cmd_poll_server(options: ParsedOptions, output: Output) -> int:
         reuse_server_thumbprint=options.flag("reuse-server-thumbprint"),
         subscription_id=options.get("server-subscription-id"), instance=_instance(options)))
     _report(result, output)
+    _restart_if_running(path, options, output)
     return EXIT_OK
 
 
@@ -462,13 +492,23 @@ def cmd_agent(options: ParsedOptions, output: Output) -> int:
     from tentacle.config import load_config
     config = load_config(_config_path(options), instance=_instance(options))
     try:
-        from tentacle.agent import run_agent  # the runtime, written separately; import lazily
+        import tentacle.agent as runtime  # written separately; imported only when needed
     except ImportError as exc:
         raise TentacleError(f"The agent runtime is not available in this installation "
                             f"({exc}).") from None
+    import inspect
+
     import trio
+    run_agent = runtime.run_agent
+    extra: dict[str, Any] = {}
+    parameters = inspect.signature(run_agent).parameters
+    if "handle_signals" in parameters:  # SIGTERM/SIGINT stop it gracefully (we are the main thread)
+        extra["handle_signals"] = True
+    if options.flag("noconsolelogging") and "options" in parameters and hasattr(runtime,
+                                                                                "AgentOptions"):
+        extra["options"] = runtime.AgentOptions(log_stream=None)  # it still logs to its file
     try:
-        trio.run(run_agent, config)
+        trio.run(functools.partial(run_agent, config, **extra))
     except KeyboardInterrupt:
         output.say("Stopped.")
     return EXIT_OK
@@ -499,7 +539,9 @@ ENDPOINT_OPTIONS = (
 
 COMMANDS: tuple[Command, ...] = (
     Command("agent", "Runs the polling agent in the foreground until Ctrl+C or SIGTERM "
-                     "('service --start' runs it in the background)", (),
+                     "('service --start' runs it in the background); it logs to "
+                     "<home>/Logs/OctopusTentacle.txt and, unless --noconsolelogging, to the "
+                     "console", (),
             "tentacle agent --instance Tentacle", cmd_agent, aliases=("run",)),
     Command("configure", "Sets Tentacle settings such as the home directory and trusted "
                          "thumbprints",
@@ -733,6 +775,10 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
     except KeyboardInterrupt:
         output.error("Interrupted.")
         return 130
+    except PermissionError as exc:
+        output.error(f"Permission denied: '{exc.filename}'. Run the command as a user who may "
+                     "write there, or choose other paths with --config and --home.")
+        return EXIT_FAILURE
     except Exception as exc:  # never a traceback: say what happened, Tentacle-style
         output.error("=" * 79)
         output.error(f"{type(exc).__name__}: {exc}")

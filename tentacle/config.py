@@ -34,9 +34,14 @@ from typing import Any
 
 from httpsys_emu.atomic import write_atomic
 from tentacle import TentacleError
-from tentacle.certificate import (CertificateError, decode_certificate_setting,
-                                  default_machine_key_paths, encode_certificate_setting,
-                                  load_machine_keys, thumbprint_of_pem)
+from tentacle.certificate import (
+    CertificateError,
+    decode_certificate_setting,
+    default_machine_key_paths,
+    encode_certificate_setting,
+    load_machine_keys,
+    thumbprint_of_pem,
+)
 from tentacle.instances import DEFAULT_INSTANCE, InstanceRegistry, is_root
 
 KEY_HOME = "Octopus.Home"
@@ -323,9 +328,9 @@ def config_from_settings(settings: Mapping[str, str], config_path: Path, instanc
             default_machine_key_paths())
         try:
             decoded = decode_certificate_setting(encoded, keys)
-        except CertificateError:
+        except CertificateError as exc:
             if not tolerate_bad_certificate:
-                raise
+                raise ConfigError(f"{exc} ({config_path})") from None
             extra[KEY_CERTIFICATE] = settings[KEY_CERTIFICATE]
         else:
             certificate_pem, private_key_pem = decoded.cert_pem, decoded.key_pem

@@ -1,4 +1,4 @@
-"""The instance registry: which Tentacle instances exist on this machine and where their configs are.
+"""The instance registry: which Tentacle instances exist on this machine, and their config files.
 
 Why the real layout: an operator who knows the real Linux Tentacle finds things where they expect
 them, and a registry written by the real Tentacle is read here. The real one keeps one small JSON

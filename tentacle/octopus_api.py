@@ -274,7 +274,7 @@ async def _exchange(stream: trio.abc.Stream, request_bytes: bytes, connection: h
         event = connection.next_event()
         if event is h11.NEED_DATA:
             data = await stream.receive_some(65536)
-            connection.receive_data(data)
+            connection.receive_data(bytes(data))
             continue
         if isinstance(event, h11.Response):
             response = event
@@ -304,8 +304,10 @@ async def http_request(url: str, method: str = "GET", *, body: bytes = b"",
     chosen = policy or TlsPolicy.system()
     host_header = parts.netloc.rsplit("@", 1)[-1]
     all_headers = [("Host", host_header), ("User-Agent", USER_AGENT),
-                   ("Accept", "application/json"), ("Connection", "close"),
-                   ("Content-Length", str(len(body))), *headers]
+                   ("Accept", "application/json"), ("Connection", "close")]
+    if body or method not in ("GET", "HEAD"):
+        all_headers.append(("Content-Length", str(len(body))))
+    all_headers.extend(headers)
     connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER_BYTES)
     request = h11.Request(method=method, target=_target(parts), headers=all_headers)
     wire = connection.send(request) + connection.send(h11.Data(data=body)) + connection.send(
@@ -405,8 +407,9 @@ class OctopusClient:
         try:
             return json.loads(response.body.decode("utf-8-sig"))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise OctopusApiError(response.status, f"The response from {url} is not JSON; is "
-                                                   f"{self.server_url} an Octopus Server?") from None
+            raise OctopusApiError(
+                response.status, f"The response from {url} is not JSON; is {self.server_url} an "
+                                 "Octopus Server?") from None
 
     async def get(self, link: str, params: Mapping[str, Any] | None = None, *,
                   accept_status: Sequence[int] = ()) -> Any:

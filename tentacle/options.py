@@ -34,7 +34,7 @@ class OptionError(TentacleError):
 
 @dataclass(frozen=True)
 class OptionSpec:
-    """One option of a command. `names[0]` is the canonical name (as help prints it).
+    """One option of a command; help prints `names` in order, `name` is the canonical one.
 
     `takes_value=False` makes a switch (a boolean); `repeatable` collects every value.
     """
@@ -48,7 +48,8 @@ class OptionSpec:
 
     @property
     def name(self) -> str:
-        return self.names[0]
+        """The canonical name: the first long one (`force` for `-f|--force`)."""
+        return next((n for n in self.names if len(n) > 1), self.names[0])
 
 
 def value_option(*names: str, description: str = "", repeatable: bool = False,
@@ -160,8 +161,8 @@ def parse_options(specs: Sequence[OptionSpec], args: Sequence[str]) -> ParsedOpt
     if unrecognized:
         raise OptionError("Unrecognized command line arguments: " + " ".join(unrecognized))
     by_name: dict[str, tuple[str, ...]] = {}
-    for name, value in occurrences:
-        by_name[name] = (*by_name.get(name, ()), value)
+    for name, text in occurrences:
+        by_name[name] = (*by_name.get(name, ()), text)
     return ParsedOptions(occurrences=tuple(occurrences), _by_name=by_name)
 
 

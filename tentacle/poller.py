@@ -44,7 +44,7 @@ from octopus_comms.wsstream import HalibutWebSocket, WebSocketClosed
 
 from .agentlog import AgentLog
 from .backoff import Failure, ReconnectPolicy, Wait, WaitKind
-from .dispatch import Dispatcher, invocation_error
+from .dispatch import Dispatcher, DispatchOutcome, invocation_error
 from .services import Call, OutgoingFile, SpoolWriter, StreamSpool
 from .wsclient import ClientConnection, ConnectError, PollingAddress, connect_websocket
 
@@ -86,6 +86,8 @@ class PollerSettings:
     connect_timeout: float = 60.0
     handshake_timeout: float = 60.0
     send_timeout: float = 60.0
+    dispatch_timeout: float = 900.0
+    """A service call that takes longer is answered with an error (the loop must not hang)."""
     close_timeout: float = 5.0
     exchange: ex.ExchangeTimeouts = field(default_factory=ex.ExchangeTimeouts)
     limits: ReaderLimits = field(default_factory=ReaderLimits)
@@ -307,7 +309,14 @@ class PollingLoop:
         call = Call()
         try:
             await self._receive_streams(exchange, ws, event, call)
-            outcome = await self.dispatcher.dispatch(request, call)
+            outcome = None
+            with trio.move_on_after(self.settings.dispatch_timeout):
+                outcome = await self.dispatcher.dispatch(request, call)
+            if outcome is None:
+                late = TimeoutError(f"the Tentacle did not finish {request.service}.{request.method} "
+                                    f"within {self.settings.dispatch_timeout:g} s")
+                outcome = DispatchOutcome(invocation_error(request, late), request.method,
+                                          self.settings.dispatch_timeout)
             self.requests += 1
             error = outcome.response.error
             result = "OK" if error is None else "error: " + ((error.message or "").splitlines() or [""])[0]

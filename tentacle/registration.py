@@ -35,11 +35,25 @@ import trio
 from octopus_comms.halibut.framing import is_valid_subscription_id, new_subscription_id
 from tentacle import TentacleError
 from tentacle.certificate import normalize_thumbprint
-from tentacle.config import (COMMUNICATION_STYLE_ACTIVE, TentacleConfig, TrustedServer,
-                             add_or_update_trusted_server, load_config, update_config)
-from tentacle.octopus_api import (ApiConnectionError, OctopusClient, TlsPolicy,
-                                  api_root_url, get_link, get_member, http_request,
-                                  normalize_server_url, same_host)
+from tentacle.config import (
+    COMMUNICATION_STYLE_ACTIVE,
+    TentacleConfig,
+    TrustedServer,
+    add_or_update_trusted_server,
+    load_config,
+    update_config,
+)
+from tentacle.octopus_api import (
+    ApiConnectionError,
+    OctopusClient,
+    TlsPolicy,
+    api_root_url,
+    get_link,
+    get_member,
+    http_request,
+    normalize_server_url,
+    same_host,
+)
 
 DEFAULT_SERVER_COMMS_PORT = 10943
 PROBE_TRIES = 5
@@ -205,7 +219,7 @@ def check_root_document(root: Any, server_url: str) -> None:
         raise RegistrationError("This Octopus Deploy server uses an older API specification than "
                                 "this tool can handle. Please check for updates to the Octo tool.")
     current = parse_version(api_version)
-    if current is None or not MIN_API_VERSION <= (current + (0, 0))[:3] <= MAX_API_VERSION:
+    if current is None or not MIN_API_VERSION <= (*current, 0, 0)[:3] <= MAX_API_VERSION:
         raise RegistrationError(
             f"This Octopus Deploy server uses a newer API specification ({api_version}) than this "
             "tool can handle (3.0.0 to 3.0.99). Please check for updates to this tool.")
@@ -480,9 +494,9 @@ async def register_with(config_path: Path, options: RegisterOptions, say: Say, *
     if not roles:
         raise RegistrationError("Please specify a role name, e.g., --role=web-server")
     server_url = _check_endpoint(options.endpoint)
+    address = comms_address(options.endpoint)
     config = load_config(config_path, instance=instance)
     tentacle_thumbprint = _require_certificate(config)
-    address = comms_address(options.endpoint)
 
     probed = await probe_comms(address, say)
     say(f"Registering the tentacle with the server at {server_url}")
@@ -583,9 +597,9 @@ async def poll_server(config_path: Path, endpoint: ServerEndpointOptions, say: S
     """`poll-server`: add another node of an HA Octopus Server to poll with the same
     subscription id."""
     server_url = _check_endpoint(endpoint)
+    address = comms_address(endpoint)
     config = load_config(config_path, instance=instance)
     _require_certificate(config)
-    address = comms_address(endpoint)
     probed = await probe_comms(address, say)
     say(f"Registering the tentacle with the server at {server_url}")
     client = OctopusClient(server_url, endpoint.api_key,

@@ -1,18 +1,19 @@
 """`tentacle service`: run the agent in the background, under systemd when there is one.
 
-Why two managers: the real Linux Tentacle only knows systemd (`/etc/systemd/system/<name>.service`),
-but containers and minimal hosts have none, and `tentacle service --stop; … register-with …;
+Why two managers: the real Linux Tentacle only knows systemd (a unit in /etc/systemd/system), but
+containers and minimal hosts have none, and `tentacle service --stop; … register-with …;
 tentacle service --start` must work everywhere. So:
   - systemd (root with a running system manager, or a user with a user manager): `--install`
     writes `tentacle-<instance>.service` (system: /etc/systemd/system, user:
     ~/.config/systemd/user) running `<python> -m tentacle.cli agent --instance=<name>` with
     `Restart=always`; start/stop/restart/status then go through `systemctl`;
   - otherwise (or when no unit is installed): a supervised background process. `--start` spawns
-    `python -m tentacle.service supervise …` in a new session; it runs the agent, appends its
-    output to `<home>/Logs/OctopusTentacle.txt` (as the real Tentacle logs there), restarts it
-    with backoff when it exits, and on SIGTERM stops it (SIGTERM, then SIGKILL after a
-    deadline). Its pid is in `<home>/tentacle.pid`; a pid file whose process is gone or is not
-    our supervisor (checked in /proc/PID/cmdline) is stale and ignored.
+    `python -m tentacle.service supervise …` in a new session; it runs
+    `tentacle agent --noconsolelogging` (which writes `<home>/Logs/OctopusTentacle.txt`, as the
+    real Tentacle logs there), appends its own lines and anything the agent prints (a crash) to
+    that file, restarts the agent with backoff when it exits, and on SIGTERM stops it (SIGTERM,
+    then SIGKILL after a deadline). Its pid is in `<home>/tentacle.pid`; a pid file whose
+    process is gone or is not our supervisor (checked in /proc/PID/cmdline) is stale and ignored.
 Environment: `TENTACLE_SERVICE_MANAGER` = auto (default) | systemd | none forces the choice;
 `TENTACLE_AGENT_COMMAND` replaces the agent command line (tests run a trivial agent with it).
 """
@@ -20,6 +21,8 @@ Environment: `TENTACLE_SERVICE_MANAGER` = auto (default) | systemd | none forces
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
 import fcntl
 import os
 import shlex
@@ -32,12 +35,17 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from httpsys_emu.atomic import remove_durably, write_atomic
 from tentacle import TentacleError
 from tentacle.config import TentacleConfig
-from tentacle.instances import INSTANCES_DIR_ENV, MACHINE_CONFIG_HOME_ENV, is_root
+from tentacle.instances import (
+    INSTANCES_DIR_ENV,
+    MACHINE_CONFIG_HOME_ENV,
+    InstanceRegistry,
+    is_root,
+)
 
 AGENT_COMMAND_ENV = "TENTACLE_AGENT_COMMAND"
 SERVICE_MANAGER_ENV = "TENTACLE_SERVICE_MANAGER"
@@ -100,9 +108,20 @@ def _systemd_quote(word: str) -> str:
     return f'"{escaped}"'
 
 
-def exec_start_command(instance: str) -> list[str]:
-    """What systemd runs: this interpreter, the CLI module, `agent --instance=<name>`."""
-    return [sys.executable, "-m", "tentacle.cli", "agent", f"--instance={instance}"]
+def exec_start_command(config: TentacleConfig) -> list[str]:
+    """What systemd runs: this interpreter, the CLI module, `agent --instance=<name>` (or
+    `--config=<path>` when the configuration is not the registered instance's, like the real
+    configurator)."""
+    try:
+        record = InstanceRegistry().find(config.instance)
+    except TentacleError:
+        record = None
+    if record is not None and os.path.abspath(record.config_path) == os.path.abspath(
+            config.config_path):
+        selector = f"--instance={record.name}"
+    else:
+        selector = f"--config={config.config_path}"
+    return [sys.executable, "-m", "tentacle.cli", "agent", selector]
 
 
 def render_unit(instance: str, command: Sequence[str], *, user_mode: bool,
@@ -211,7 +230,8 @@ def agent_command(config: TentacleConfig) -> list[str]:
     override = os.environ.get(AGENT_COMMAND_ENV, "").strip()
     if override:
         return shlex.split(override)
-    return [sys.executable, "-m", "tentacle.cli", "agent", "--config", str(config.config_path)]
+    return [sys.executable, "-m", "tentacle.cli", "agent", "--config", str(config.config_path),
+            "--noconsolelogging"]  # it writes its own log file; the console would duplicate it
 
 
 def supervisor_command(config: TentacleConfig, stop_timeout: float) -> list[str]:
@@ -266,17 +286,13 @@ def _reap(pid: int) -> None:
     for process in list(_SPAWNED):
         if process.poll() is not None:
             _SPAWNED.remove(process)
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def _remove_stale(pid_file: Path) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         remove_durably(pid_file)
-    except FileNotFoundError:
-        pass
 
 
 @contextmanager
@@ -340,17 +356,13 @@ def stop_supervised(config: TentacleConfig, say: Say, *,
             _remove_stale(pid_file)
             return False
         say(f"Stopping service: {unit_name(config.instance)} (pid {pid})")
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         # The supervisor itself gives the agent `timeout` to stop; allow it a little more.
         if not _wait_gone(pid, pid_file, timeout + 5.0):
             say(f"The service did not stop within {timeout + 5.0:g} seconds; killing it.")
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
             _wait_gone(pid, pid_file, 5.0)
         _remove_stale(pid_file)
         say("Service stopped")
@@ -396,7 +408,7 @@ class ServiceController:
                 "the agent as a supervised background process without it, and 'tentacle agent' "
                 "runs it in the foreground under any other supervisor.")
         assert self.unit_file is not None
-        text = render_unit(self.config.instance, exec_start_command(self.config.instance),
+        text = render_unit(self.config.instance, exec_start_command(self.config),
                            user_mode=self.mode == "user", environment=_registry_environment())
         try:
             self.unit_file.parent.mkdir(parents=True, exist_ok=True)
@@ -478,17 +490,16 @@ class ServiceController:
 # ------------------------------------------------------------------ the supervisor process
 
 def _timestamp() -> str:
-    now = time.time()
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 10000):04d}"
+    """The agent log's time format (`2024-03-12 01:02:03.456 +00:00`), so the file reads as one."""
+    now = datetime.datetime.now(datetime.UTC)
+    return now.strftime("%Y-%m-%d %H:%M:%S.") + f"{now.microsecond // 1000:03d} +00:00"
 
 
-def _log(handle: object, message: str) -> None:
-    line = f"{_timestamp()} {os.getpid():>7}  INFO  {message}\n"
-    try:
-        handle.write(line.encode("utf-8"))  # type: ignore[attr-defined]
-        handle.flush()  # type: ignore[attr-defined]
-    except OSError:
-        pass
+def _log(handle: BinaryIO, message: str) -> None:
+    line = f"{_timestamp()}  INFO  [service {os.getpid()}] {message}\n"
+    with contextlib.suppress(OSError):
+        handle.write(line.encode("utf-8"))
+        handle.flush()
 
 
 def rotate_log(path: Path, max_bytes: int = LOG_ROTATE_BYTES, archives: int = LOG_ARCHIVES) -> None:
@@ -561,10 +572,8 @@ def supervise(command: Sequence[str], log_file: Path, pid_file: Path, stop_timeo
                 child.wait()
         _log(handle, "Service stopped")
     if read_pid_file(pid_file) == os.getpid():
-        try:
+        with contextlib.suppress(OSError):
             pid_file.unlink()
-        except OSError:
-            pass
     return 0
 
 

@@ -127,6 +127,12 @@ class Site:
     def httperr_reasons(self) -> list[str]:
         return [row["s-reason"] for row in self.httperr_log()]
 
+    async def access_lines(self, count: int, timeout: float = 5.0) -> list[dict[str, str]]:
+        """The access log once it holds `count` lines (a line is written after the response
+        went out, so a fast client can be ahead of it)."""
+        await wait_for(lambda: len(self.access_log()) >= count, timeout)
+        return self.access_log()
+
 
 def make_state_dir() -> Path:
     """A fresh state directory under /tmp that other users can traverse (not pytest's 0700)."""
@@ -693,17 +699,22 @@ def _servicestate(state_dir: Path) -> dict[str, Any] | None:
 
 
 @asynccontextmanager
-async def serve_process(state_dir: Path, *extra: str,
+async def serve_process(state_dir: Path, *extra: str, drain_seconds: float | None = None,
                         timeout: float = TIMEOUT) -> AsyncIterator[ServeProcess]:
     """`httpsys-emu --state-dir DIR serve` in a subprocess; yields once it listens.
 
-    On exit: SIGTERM, then SIGKILL if it has not gone within `timeout`.
+    With `drain_seconds`, `python -m httpsys_emu.serve --drain-seconds N` instead (the drain
+    deadline has no store row). On exit: SIGTERM, then SIGKILL if still there after `timeout`.
     """
     log_path = state_dir / "serve-process.log"
+    if drain_seconds is None:
+        argv = [str(CLI), "--state-dir", str(state_dir), "serve", *extra]
+    else:
+        argv = [sys.executable, "-m", "httpsys_emu.serve", "--state-dir", str(state_dir),
+                "--drain-seconds", str(drain_seconds), *extra]
     with open(log_path, "ab") as log:
-        process = await trio.lowlevel.open_process(
-            [str(CLI), "--state-dir", str(state_dir), "serve", *extra],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        process = await trio.lowlevel.open_process(argv, stdout=log, stderr=log,
+                                                   stdin=subprocess.DEVNULL)
     serve = ServeProcess(process, log_path)
     try:
         with trio.fail_after(timeout):

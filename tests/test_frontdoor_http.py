@@ -34,7 +34,6 @@ from tests.frontdoor_fixtures import (
     site,
     tls_connect,
     upstream,
-    wait_for,
 )
 
 __all__ = ["front_door", "site", "upstream"]
@@ -76,7 +75,7 @@ async def test_forward_sets_trustworthy_headers_and_strips_forged_ones(
     assert received.header("X-Keep-Me") == "yes"
     assert received.header_values("X-Forwarded-For") == ["127.0.0.1"]
     assert received.header("X-Original-URL") == "/app/x%2Fy/../z?q=1&r=%41"
-    [line] = site.access_log()
+    [line] = await site.access_lines(1)
     assert (line["method"], line["path"], line["status"]) == ("GET", "/app/x/z", "200")
 
 
@@ -348,7 +347,7 @@ async def test_upstream_dying_mid_response_aborts_the_client_connection(
         assert result.returncode == 18, result.stderr      # "transfer closed ... remaining"
         assert result.stdout == b"partial"
     assert site.httperr_reasons() == ["Connection_Abandoned_By_AppPool"] * 2
-    assert [a["status"] for a in site.access_log()] == ["200", "200"]
+    assert [a["status"] for a in await site.access_lines(2)] == ["200", "200"]
 
 
 async def test_handler_failure_before_and_after_the_response_started(
@@ -470,3 +469,73 @@ async def test_response_framing_for_in_process_handlers(
     assert (chunked.header("Transfer-Encoding"), chunked.body) == ("chunked", b"one two three")
     assert close_delimited.header("Connection") == "close"
     assert close_delimited.body == b"one two three"
+
+
+async def test_a_live_registration_keeps_its_prefix_until_it_goes(
+        site: Site, front_door: FrontDoor, upstream: RecordingUpstream) -> None:
+    async def app(req: HandlerRequest) -> None:
+        await req.respond(200, [], b"in-process")
+
+    async with front_door.register_handler(site.prefix("/shared/"), app):
+        site.store.add_forward(site.prefix("/shared/"), upstream.target)   # added later
+        await applied(front_door, site)
+        held = await curl(site.url("/shared/x"))
+        assert held.stdout == b"in-process"
+    taken_over = await curl(site.url("/shared/y"))
+    assert taken_over.returncode == 0 and json.loads(taken_over.stdout)["target"] == "/shared/y"
+    assert upstream.targets() == ["/shared/y"]
+
+
+async def test_host_specific_forward_refuses_other_hosts(
+        site: Site, front_door: FrontDoor, upstream: RecordingUpstream) -> None:
+    site.store.add_forward(site.prefix("/", host="only.example"), upstream.target)
+    await applied(front_door, site)
+    wrong = await curl("-i", site.url("/x"))
+    [response], _ = parse_responses(wrong.stdout)
+    assert_error_page(response, ErrorPage.INVALID_HOSTNAME)
+    right = await curl(*site.resolve("only.example"), site.url("/x", host="only.example"))
+    assert right.returncode == 0, right.stderr
+    assert upstream.targets() == ["/x"]
+    assert site.httperr_reasons() == ["Hostname"]
+
+
+async def test_a_stale_pooled_connection_is_retried_only_for_idempotent_requests(
+        site: Site, front_door: FrontDoor, upstream: RecordingUpstream) -> None:
+    async def drop_on_first_connection(exchange: UpstreamExchange) -> None:
+        if exchange.request.connection == 1:
+            raise CloseConnection("went away just as the request came")
+        await exchange.read_body()
+        await exchange.respond(200, [], b"second try")
+
+    upstream.route("/app/stale", drop_on_first_connection)
+    forward(site, upstream)
+    await applied(front_door, site)
+    stream = await tls_connect(site.port)
+    buffer = bytearray()
+    await stream.send_all(request("/app/warm"))
+    assert (await read_response(stream, buffer=buffer)).status == 200
+    await stream.send_all(request("/app/stale"))
+    retried = await read_response(stream, buffer=buffer)
+    assert (retried.status, retried.body) == (200, b"second try")
+    assert [(r.target, r.connection) for r in upstream.requests] == [
+        ("/app/warm", 1), ("/app/stale", 1), ("/app/stale", 2)]
+    assert (front_door.proxy.pool.connects, front_door.proxy.pool.reuses) == (2, 1)
+
+
+async def test_a_post_on_a_stale_pooled_connection_is_not_replayed(
+        site: Site, front_door: FrontDoor, upstream: RecordingUpstream) -> None:
+    async def drop_second_request(exchange: UpstreamExchange) -> None:
+        if exchange.request.target == "/app/post":
+            await exchange.read_body()
+            raise CloseConnection("gone")
+        await exchange.respond(200, [], b"ok")
+
+    upstream.route("/app/", drop_second_request)
+    forward(site, upstream)
+    await applied(front_door, site)
+    stream = await tls_connect(site.port)
+    await stream.send_all(request("/app/warm") + request("/app/post", method="POST",
+                                                         body=b"pay once"))
+    responses, _ = parse_responses(await read_until_closed(stream), ["GET", "POST"])
+    assert [r.status for r in responses] == [200, 503]
+    assert upstream.targets() == ["/app/warm", "/app/post"]      # not sent a second time

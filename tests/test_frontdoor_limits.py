@@ -8,6 +8,7 @@ row for are set as limit overrides on the running front door.
 from __future__ import annotations
 
 import ssl
+import tracemalloc
 
 import pytest
 import trio
@@ -17,6 +18,7 @@ from httpsys_emu.handlers import HandlerRequest
 from tests.frontdoor_fixtures import (
     RecordingUpstream,
     Site,
+    UpstreamExchange,
     applied,
     curl,
     front_door,
@@ -60,7 +62,7 @@ async def test_header_wait_closes_a_byte_dripping_client(
         assert await read_until_closed(stream, timeout=5) == b""      # closed, no page
         closed_at.append(trio.current_time() - started)
         nursery.cancel_scope.cancel()
-    assert 0.9 <= closed_at[0] < 2.0
+    assert 0.9 <= closed_at[0] < 3.0
     assert site.httperr_reasons() == ["Timer_HeaderWait"]
     assert upstream.requests == []
 
@@ -77,7 +79,7 @@ async def test_idle_connection_timer_between_requests_and_before_the_first(
     async with trio.open_nursery() as nursery:
         for stream in (used, silent):
             nursery.start_soon(read_until_closed, stream, 5)
-    assert 0.9 <= trio.current_time() - started < 2.0
+    assert 0.9 <= trio.current_time() - started < 3.0
     assert site.httperr_reasons() == ["Timer_ConnectionIdle", "Timer_ConnectionIdle"]
     assert upstream.targets() == ["/app/once"]
 
@@ -101,7 +103,7 @@ async def test_entity_body_timer_closes_a_stalled_upload(
                               f"Content-Length: 10\r\n\r\nabc".encode())
         started = trio.current_time()
         assert await read_until_closed(stream, timeout=5) == b""
-        assert 0.9 <= trio.current_time() - started < 2.0
+        assert 0.9 <= trio.current_time() - started < 3.0
     assert site.httperr_reasons() == ["Timer_EntityBody"]
     [line] = site.access_log()
     assert (line["path"], line["status"]) == (path, "0")
@@ -135,7 +137,7 @@ async def test_tls_handshake_deadline_for_a_silent_or_dripping_client(
         for stream in (silent, dripping):
             assert await read_until_closed(stream, timeout=3) == b""
         nursery.cancel_scope.cancel()
-    assert 0.45 <= trio.current_time() - started < 1.5
+    assert 0.45 <= trio.current_time() - started < 2.5
     assert site.httperr_reasons() == ["Timer_ConnectionIdle", "Timer_ConnectionIdle"]
     assert front_door.handshakes_failed == 2
 
@@ -191,3 +193,49 @@ async def test_connection_caps_refuse_at_once_and_serve_everyone_else(
         result = await curl(site.url("/"), "--interface", "127.0.0.3")
         assert result.stdout == b"hello", result.stderr
     assert front_door.connections_refused == 2
+
+
+async def test_memory_stays_flat_while_bodies_and_tunnels_stream(
+        site: Site, front_door: FrontDoor, upstream: RecordingUpstream) -> None:
+    """Traced Python memory (front door, client and upstream together) grows by far less
+    than what flows: no buffer on the body or tunnel paths grows with the input."""
+    total = 16 << 20
+    piece = b"z" * (256 << 10)
+
+    async def discard_tunnel(exchange: UpstreamExchange) -> None:
+        await exchange.switch_protocols([("Upgrade", "x-sink"), ("Connection", "Upgrade")])
+        received = 0
+        while received < total:
+            data = await exchange.stream.receive_some(65536)
+            if not data:
+                break
+            received += len(data)
+        await exchange.stream.send_all(b"%d" % received)
+
+    upstream.route("/app/tunnel", discard_tunnel)
+    await _forward(site, front_door, upstream)
+    body_client = await tls_connect(site.port)
+    tunnel_client = await tls_connect(site.port)
+    tracemalloc.start()
+    try:
+        baseline, _ = tracemalloc.get_traced_memory()
+        await body_client.send_all(b"POST /app/sink HTTP/1.1\r\nHost: localhost\r\n"
+                                   b"Transfer-Encoding: chunked\r\n\r\n")
+        for _ in range(total // len(piece)):
+            await body_client.send_all(b"%x\r\n%s\r\n" % (len(piece), piece))
+        await body_client.send_all(b"0\r\n\r\n")
+        assert (await read_response(body_client, timeout=30)).status == 200
+        await tunnel_client.send_all(b"GET /app/tunnel HTTP/1.1\r\nHost: localhost\r\n"
+                                     b"Connection: Upgrade\r\nUpgrade: x-sink\r\n\r\n")
+        buffer = bytearray()
+        assert (await read_response(tunnel_client, buffer=buffer)).status == 101
+        for _ in range(total // len(piece)):
+            await tunnel_client.send_all(piece)
+        with trio.fail_after(30):
+            while bytes(buffer) != b"%d" % total:
+                buffer += await tunnel_client.receive_some(65536)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert upstream.requests[0].body_length == total
+    assert peak - baseline < 4 << 20, f"peak grew by {(peak - baseline) >> 20} MiB"

@@ -208,6 +208,12 @@ async def test_replaced_certificate_reaches_new_connections_and_spares_open_ones
         await old.send_all(http_request("/"))
         assert (await read_response(old)).status == 200
         assert peer_thumbprint(old) == SERVER_CERT.thumbprint
+        site.store.delete_sslcert(SslKey.ipport("0.0.0.0", site.port))   # the last binding
+        await wait_for(lambda: front_door.listening_addresses() == [])
+        with pytest.raises(OSError):
+            await trio.open_tcp_stream("127.0.0.1", site.port)
+        await old.send_all(http_request("/"))                    # still served
+        assert (await read_response(old)).status == 200
 
 
 async def test_stdlib_client_certificate_is_seen_by_in_process_handlers(

@@ -20,9 +20,9 @@ class FakeClock:
         self.now += seconds
 
 
-def make(settings: BackoffSettings = BackoffSettings(), random: float = 0.5) -> tuple[ReconnectPolicy, FakeClock]:
+def make(settings: BackoffSettings | None = None, random: float = 0.5) -> tuple[ReconnectPolicy, FakeClock]:
     clock = FakeClock()
-    return ReconnectPolicy(settings, clock=clock, random=lambda: random), clock
+    return ReconnectPolicy(settings or BackoffSettings(), clock=clock, random=lambda: random), clock
 
 
 def fail_connect(policy: ReconnectPolicy, clock: FakeClock, *, took: float = 0.0) -> Wait:
@@ -56,7 +56,7 @@ def test_back_off_grows_with_the_time_spent_failing_and_is_clamped_to_two_minute
                 backoffs.append(wait.seconds)
                 break
     assert backoffs[0] == pytest.approx(max(5.0, (4 * 1.0 + 5 * 0.5) * 1.5))
-    assert all(b2 >= b1 for b1, b2 in zip(backoffs, backoffs[1:]))
+    assert all(b2 >= b1 for b1, b2 in zip(backoffs, backoffs[1:], strict=False))
     assert backoffs[-1] == 120.0
     assert max(backoffs) == 120.0
 

@@ -163,7 +163,6 @@ class Call:
 
     received: dict[uuid.UUID, ReceivedStream] = field(default_factory=dict)
     outgoing: dict[uuid.UUID, OutgoingFile] = field(default_factory=dict)
-    _taken: set[uuid.UUID] = field(default_factory=set)
 
     def take(self, stream: DataStream | None) -> ReceivedStream:
         """The spooled bytes of an incoming DataStream; the service now owns the file."""
@@ -172,7 +171,6 @@ class Call:
         received = self.received.get(stream.id)
         if received is None:
             raise ServiceError(f"the bytes of DataStream {stream.id} did not arrive")
-        self._taken.add(stream.id)
         return received
 
     def send_file(self, file: BinaryIO, length: int) -> DataStream:

@@ -6,8 +6,9 @@ trusts its server, but one stolen server certificate should not mean "write /etc
 - an absolute path is allowed only under the allowed roots (default: the home and the app dir;
   configurable), checked after resolving symbolic links of the directories;
 - any `..` segment, an empty path or a NUL byte is refused with a clear error.
-Downloads do not follow a symbolic link in the last path segment. Uploads are atomic: the spooled bytes are renamed into place (temporary file + rename when the
-destination is on another file system), so a reader never sees half a file.
+Downloads do not follow a symbolic link in the last path segment. Uploads are atomic: the
+spooled bytes are renamed into place (temporary file + rename when the destination is on another
+file system), so a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ class PathPolicy:
         if ".." in pure.parts:
             raise ServiceError(f"Refusing the path '{requested}': '..' segments are not allowed")
         candidate = Path(os.path.normpath(pure if pure.is_absolute() else self.relative_root / pure))
-        if candidate.name in ("", ".", ".."):
+        if (candidate.name in ("", ".", "..") or requested.endswith("/")
+                or candidate == self.relative_root or candidate in self.allowed_roots):
             raise ServiceError(f"Refusing the path '{requested}': it names a directory, not a file")
         lexical = str(candidate)
         real_parent = os.path.realpath(candidate.parent)
@@ -96,8 +98,11 @@ class FileTransferService:
     def _place(received: ReceivedStream, destination: Path) -> None:
         if destination.is_dir() and not destination.is_symlink():
             raise ServiceError(f"Cannot upload to {destination}: it is a directory")
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        move_into_place(received, destination)
+        try:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            move_into_place(received, destination)
+        except OSError as exc:
+            raise ServiceError(f"Cannot write {destination}: {exc.strerror or exc}") from None
 
     async def download_file(self, call: Call, remote_path: str) -> DataStream:
         path = self.policy.resolve(remote_path)
