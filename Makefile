@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 run: $(STAMP)
-	$(PY) -m httpsys_emu.demo
+	$(PY) demo/run.py
 
 bench: $(STAMP)
 	$(PY) bench/routing_bench.py

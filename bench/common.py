@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -618,6 +619,75 @@ def run_wrk(url: str, *, connections: int, duration: float, headers: Sequence[st
     result.load_cpu_seconds = (after.ru_utime + after.ru_stime
                                - before.ru_utime - before.ru_stime)
     return result
+
+
+# ---------------------------------------------------------------------------------- py-spy
+def py_spy_profile(pid: int, load: Callable[[], object], seconds: int, raw: Path,
+                   top: int = 10) -> str:
+    """Sample `pid` with py-spy (on the load CPU) while `load()` runs; a markdown summary of the
+    trio thread's time: top functions by self time, and by total time below the run loop."""
+    py_spy = shutil.which("py-spy") or str(REPO_ROOT / ".venv" / "bin" / "py-spy")
+    if not Path(py_spy).exists():
+        return "\n(profile: py-spy not found; `.venv/bin/pip install py-spy`)"
+    spy = subprocess.Popen(["taskset", "-c", str(LOAD_CPU), py_spy, "record",
+                            "--function", "--format", "raw", "--rate", "200", "-d",
+                            str(seconds + 1), "-o", str(raw), "-p", str(pid)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = b""
+    try:
+        load()
+        _out, err = spy.communicate(timeout=seconds + 30)
+    finally:
+        if spy.poll() is None:
+            spy.kill()
+            spy.wait()
+    if not raw.exists():
+        return f"\n(profile: py-spy wrote nothing: {err.decode(errors='replace').strip()})"
+    self_samples: Counter[str] = Counter()
+    total_samples: Counter[str] = Counter()
+    all_samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        if not any("trio/_core/_run.py" in f for f in frames):
+            continue          # not the trio thread (an idle worker thread of trio's cache)
+        all_samples += count
+        self_samples[frames[-1]] += count
+        for frame in set(frames):
+            total_samples[frame] += count
+    if not all_samples:
+        return "\n(profile: no samples)"
+    out = [f"\n### Where the front door spends its time (py-spy, {all_samples} samples of the "
+           f"trio thread at 200 Hz during a {seconds}s run)\n"]
+    rows = [[f"{n / all_samples * 100:.1f}", _short_frame(frame)]
+            for frame, n in self_samples.most_common(top)]
+    out.append(markdown_table(["self %", "function (file:first line)"], rows))
+    # inclusive time, leaving out the frames that are on (nearly) every stack: the run loop
+    deep = [(frame, n) for frame, n in total_samples.most_common()
+            if n < 0.9 * all_samples][:top]
+    rows = [[f"{n / all_samples * 100:.1f}", _short_frame(frame)] for frame, n in deep]
+    out.append("")
+    out.append(markdown_table(["total %", "function (file:first line), below the run loop"],
+                              rows))
+    out.append(f"\n(raw stacks: {raw}; kept with --keep)")
+    return "\n".join(out)
+
+
+def _short_frame(frame: str) -> str:
+    """`name (/long/path/site-packages/trio/_x.py:12)` → `name (trio/_x.py:12)`."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    markers = ["site-packages/", str(REPO_ROOT) + "/", "/lib/python3"]
+    if FRONTDOOR_SRC:
+        markers.insert(0, FRONTDOOR_SRC.rstrip("/") + "/")
+    for marker in markers:
+        if marker in where:
+            where = where.split(marker, 1)[1]
+            break
+    return f"{name} ({where})" if where else name
 
 
 # ---------------------------------------------------------------------------------- output

@@ -8,7 +8,10 @@ trio + pyOpenSSL server (bench/ref_tls_server.py) as the floor for any Python se
 one RSA-2048 certificate, then one ECDSA P-256 certificate. Server on CPU 0, wrk on CPU 1;
 CPU per handshake is the server's utime+stime delta over the run divided by the handshakes.
 `openssl speed` (system OpenSSL, CPU 0) gives the signing ceiling.
-Run: `.venv/bin/python bench/handshake_bench.py [--duration S] [--quick] [--no-reference]`.
+`--profile` samples the front door with py-spy during one more run (`pip install py-spy` into
+the venv first).
+Run: `.venv/bin/python bench/handshake_bench.py [--duration S] [--quick] [--no-reference]
+[--key rsa2048|ecdsa-p256] [--repeat N] [--profile]`.
 Prints markdown tables; exits 0 whatever the numbers (2 when the setup fails).
 """
 
@@ -20,12 +23,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import (BENCH_DIR, LOAD_CPU, SERVER_CPU, VENV_PYTHON, BenchArgs, CertFiles,
-                    CpuMeter, FrontDoorState, Nginx, Processes, Server, bench_parser,
-                    bench_workdir, ensure_tools, fmt, free_port, frontdoor_env,
-                    frontdoor_handler_argv, machine_description, markdown_table,
-                    nginx_tls_server, nginx_worker, parse_bench_args, ratio, run_main, run_wrk,
-                    wait_for_https, wait_for_quiet)
+from common import (BENCH_DIR, LOAD_CPU, SERVER_CPU, VENV_PYTHON, BenchArgs, CpuMeter,
+                    FrontDoorState, Nginx, Processes, Server, bench_parser, bench_workdir,
+                    ensure_tools, fmt, free_port, frontdoor_env, frontdoor_handler_argv,
+                    machine_description, markdown_table, nginx_tls_server, nginx_worker,
+                    parse_bench_args, py_spy_profile, ratio, run_main, run_wrk, wait_for_https,
+                    wait_for_quiet)
 
 KEY_TYPES = ("rsa2048", "ecdsa-p256")
 CONNECTIONS = 32
@@ -79,10 +82,11 @@ def openssl_sign_rate(key_type: str, seconds: int) -> float | None:
 
 
 def bench_key_type(key_type: str, args: BenchArgs, workdir: Path, procs: Processes,
-                   reference: bool) -> tuple[list[Row], CertFiles]:
+                   reference: bool) -> tuple[list[Row], str]:
     state = FrontDoorState(workdir / f"state-{key_type}")
     cert = state.new_cert(key_type, workdir / "certs")
     rows: list[Row] = []
+    profile_text = ""
 
     port = free_port()
     state.bind(port, cert)
@@ -91,6 +95,13 @@ def bench_key_type(key_type: str, args: BenchArgs, workdir: Path, procs: Process
     try:
         rows.append(measure(server, port, args))
         rows[-1].name = "httpsys-emu (in-process 200)"
+        if args.extra.profile:
+            seconds = max(2, round(args.duration))
+            profile_text = py_spy_profile(
+                server.pid, lambda: run_wrk(f"https://127.0.0.1:{port}/",
+                                            connections=CONNECTIONS, duration=seconds,
+                                            headers=["Connection: close"]),
+                seconds, workdir / f"frontdoor-{key_type}.pyspy.txt", args.extra.top)
     finally:
         procs.stop(server)
 
@@ -116,7 +127,7 @@ def bench_key_type(key_type: str, args: BenchArgs, workdir: Path, procs: Process
             rows[-1].name = "bare trio+pyOpenSSL"
         finally:
             procs.stop(server)
-    return rows, cert
+    return rows, profile_text
 
 
 def print_table(key_type: str, rows: Sequence[Row], sign_rate: float | None) -> None:
@@ -147,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = bench_parser(__doc__)
     parser.add_argument("--no-reference", action="store_true",
                         help="skip the bare trio+pyOpenSSL server")
+    parser.add_argument("--profile", action="store_true",
+                        help="also sample the front door with py-spy and print its top functions")
+    parser.add_argument("--top", type=int, default=10, help="functions to list with --profile")
     parser.add_argument("--key", choices=KEY_TYPES, action="append",
                         help="only this key type (repeatable; default both)")
     args = parse_bench_args(parser, argv)
@@ -159,10 +173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"ssl_session_cache off, ssl_session_tickets off, access_log on.")
         with bench_workdir("handshake-bench", args.keep) as workdir, Processes(workdir) as procs:
             for key_type in args.extra.key or KEY_TYPES:
-                rows, _cert = bench_key_type(key_type, args, workdir, procs,
-                                             not args.extra.no_reference)
+                rows, profile_text = bench_key_type(key_type, args, workdir, procs,
+                                                    not args.extra.no_reference)
                 sign = openssl_sign_rate(key_type, 1 if args.quick else 2)
                 print_table(key_type, rows, sign)
+                if profile_text:
+                    print(profile_text)
 
     return run_main(body)
 

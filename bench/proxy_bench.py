@@ -18,19 +18,16 @@ Prints markdown tables; exits 0 whatever the numbers (2 when the setup fails).
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import (LOAD_CPU, REPO_ROOT, SERVER_CPU, BenchArgs, CertFiles, CpuMeter,
+from common import (LOAD_CPU, SERVER_CPU, BenchArgs, CertFiles, CpuMeter,
                     FrontDoorState, Nginx, Processes, Server, bench_parser, bench_workdir,
                     ensure_tools, fmt, free_port, frontdoor_env, frontdoor_serve_argv,
                     machine_description, markdown_table, nginx_tls_server, nginx_worker,
-                    parse_bench_args, ratio, run_main, run_wrk, wait_for_https,
+                    parse_bench_args, py_spy_profile, ratio, run_main, run_wrk, wait_for_https,
                     wait_for_quiet)
 
 CONNECTIONS = 50
@@ -73,67 +70,13 @@ def measure(server: Server, port: int, upstream: Server, args: BenchArgs) -> Row
 
 
 def profile(server: Server, port: int, args: BenchArgs, workdir: Path, top: int) -> str:
-    """py-spy on the front door during one more wrk run; the top functions by self and total."""
-    py_spy = shutil.which("py-spy") or str(REPO_ROOT / ".venv" / "bin" / "py-spy")
-    if not Path(py_spy).exists():
-        return "\n(--profile: py-spy not found; `.venv/bin/pip install py-spy`)"
-    raw = workdir / "frontdoor.pyspy.txt"
+    """py-spy on the front door during one more wrk run (the 50 handshakes of its new
+    connections included): the top functions by self and total time."""
     seconds = max(2, round(args.duration))
-    spy = subprocess.Popen(["taskset", "-c", str(LOAD_CPU), py_spy, "record",
-                            "--function", "--format", "raw", "--rate", "200", "-d",
-                            str(seconds + 1), "-o", str(raw), "-p", str(server.pid)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        run_wrk(f"https://127.0.0.1:{port}{PATH}", connections=CONNECTIONS, duration=seconds)
-        _out, err = spy.communicate(timeout=seconds + 30)
-    finally:
-        if spy.poll() is None:
-            spy.kill()
-            spy.wait()
-    if not raw.exists():
-        return f"\n(--profile: py-spy wrote nothing: {err.decode(errors='replace').strip()})"
-    self_samples: Counter[str] = Counter()
-    total_samples: Counter[str] = Counter()
-    all_samples = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = stack.split(";")
-        if not any("trio/_core/_run.py" in f for f in frames):
-            continue          # not the trio thread (an idle worker thread of trio's cache)
-        all_samples += count
-        self_samples[frames[-1]] += count
-        for frame in set(frames):
-            total_samples[frame] += count
-    if not all_samples:
-        return "\n(--profile: no samples)"
-    out = [f"\n### Where the front door spends its time (py-spy, {all_samples} samples of the "
-           f"trio thread at 200 Hz during a {seconds}s run)\n"]
-    rows = [[f"{n / all_samples * 100:.1f}", _short(frame)]
-            for frame, n in self_samples.most_common(top)]
-    out.append(markdown_table(["self %", "function (file:first line)"], rows))
-    # inclusive time, leaving out the frames that are on (nearly) every stack: the run loop
-    deep = [(frame, n) for frame, n in total_samples.most_common()
-            if n < 0.9 * all_samples][:top]
-    rows = [[f"{n / all_samples * 100:.1f}", _short(frame)] for frame, n in deep]
-    out.append("")
-    out.append(markdown_table(["total %", "function (file:first line), below the run loop"],
-                              rows))
-    out.append(f"\n(raw stacks: {raw}; keep them with --keep)")
-    return "\n".join(out)
-
-
-def _short(frame: str) -> str:
-    """`name (/long/path/site-packages/trio/_x.py:12)` → `name (trio/_x.py:12)`."""
-    name, _, where = frame.partition(" (")
-    where = where.rstrip(")")
-    for marker in ("site-packages/", str(REPO_ROOT) + "/", "/lib/python3"):
-        if marker in where:
-            where = where.split(marker, 1)[1]
-            break
-    return f"{name} ({where})" if where else name
+    return py_spy_profile(
+        server.pid, lambda: run_wrk(f"https://127.0.0.1:{port}{PATH}", connections=CONNECTIONS,
+                                    duration=seconds),
+        seconds, workdir / "frontdoor.pyspy.txt", top)
 
 
 def bench(args: BenchArgs, workdir: Path, procs: Processes) -> tuple[list[Row], str]:

@@ -2,11 +2,11 @@
 
 It does what the front door must do for one `Connection: close` request and nothing else (no
 routing, no log, no SNI switch, no head parser): memory-BIO handshake, read up to the blank
-line, answer `200 OK`, close. The same policy context as the front door (tlsconfig.server_context),
-so the difference to the front door is the front door's own per-connection work.
-`--tickets` keeps OpenSSL's defaults as the front door has them (two TLS 1.3 tickets and the
-internal session cache); without it both are off, as in the nginx peer.
-Run: `python bench/ref_tls_server.py --cert C --key K --port P [--tickets]`.
+line, answer `200 OK`, close. The same TLS policy as the front door (tlsconfig.server_context)
+with session tickets and cache off, as on the front door's switching context and the nginx peer
+(OpenSSL still sends its two TLS 1.3 NewSessionTicket messages in all three), so the difference
+to the front door is the front door's own per-connection work.
+Run: `python bench/ref_tls_server.py --cert C --key K --port P`.
 """
 
 from __future__ import annotations
@@ -86,12 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cert", required=True, type=Path)
     parser.add_argument("--key", required=True, type=Path)
     parser.add_argument("--port", required=True, type=int)
-    parser.add_argument("--tickets", action="store_true")
     args = parser.parse_args(argv)
     ctx = server_context(args.cert.read_bytes(), args.key.read_bytes(),
-                         request_client_cert=False, session_tickets=args.tickets)
-    if not args.tickets:
-        ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+                         request_client_cert=False, session_tickets=False)
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     try:
         trio.run(serve, ctx, args.port)
     except KeyboardInterrupt:

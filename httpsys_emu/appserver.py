@@ -47,6 +47,12 @@ def _pem_to_der(pem: str) -> bytes | None:
         return None
 
 
+def canonical_from_forwarded(raw_path: str) -> str:
+    """Undo the proxy's encoding of the canonical path: every escape but `%25`, which is how a
+    canonical path spells a literal percent sign (in-process handlers see the same string)."""
+    return "%25".join(unquote(part) for part in raw_path.split("%25"))
+
+
 def request_info_from_forwarded(request: h11.Request, connection_id: int) -> RequestInfo:
     """Rebuild what the front door knew from the headers it set on the forwarded request."""
     headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.headers.raw_items()]
@@ -71,7 +77,7 @@ def request_info_from_forwarded(request: h11.Request, connection_id: int) -> Req
                        target=original, version=request.http_version.decode("ascii"),
                        headers=app_headers, host=(get.get("x-forwarded-host") or
                                                   get.get("host", "")).split(":")[0].lower(),
-                       path=unquote(raw_path), query=query, prefix=prefix,
+                       path=canonical_from_forwarded(raw_path), query=query, prefix=prefix,
                        scheme=get.get("x-forwarded-proto", "https"), upgrade=upgrade)
 
 

@@ -669,19 +669,44 @@ def _show_servicestate(session: CliSession, args: list[str]) -> int:
     return 0
 
 
+@handler("show", "metrics")
+def _show_metrics(session: CliSession, args: list[str]) -> int:
+    try:
+        _values("show", "metrics", args)
+    except WinError as exc:
+        return session.bad_parameter(exc)
+    from httpsys_emu.control_client import ControlUnavailable, call_blocking
+    try:
+        answer = call_blocking(session.state_dir, "metrics")
+    except ControlUnavailable as exc:
+        typer.echo(f"{PROG}: the front door is not running ({exc})", err=True)
+        return 1
+    session.say(str(answer["text"]))
+    return 0
+
+
 @app.command("serve", help=_preformatted(
     "Run the front door in the foreground: listen on every port that has an sslcert\n"
     "binding (on the iplisten addresses, or all), route by UrlPrefix, deliver to forwards,\n"
     "registered processes and in-process handlers. SIGHUP reloads, SIGTERM drains.\n\n"
-    "Example:\n  httpsys-emu --state-dir /var/lib/httpsys-emu serve"))
+    "Examples:\n  httpsys-emu --state-dir /var/lib/httpsys-emu serve\n"
+    "  httpsys-emu --state-dir /var/lib/httpsys-emu serve --log-dir /var/log/httpsys-emu "
+    "--metrics-port 9464"))
 def _serve(ctx: typer.Context,
            quiet: Annotated[bool, typer.Option("--quiet",
-                                               help="No access log on stderr.")] = False) -> None:
+                                               help="No access log on stderr.")] = False,
+           log_dir: Annotated[str | None, typer.Option(
+               "--log-dir", metavar="DIR",
+               help="Where access.log and httperr.log go (default: <state-dir>/logs).")] = None,
+           metrics_port: Annotated[str | None, typer.Option(
+               "--metrics-port", metavar="[HOST:]PORT",
+               help="Serve Prometheus metrics at http://127.0.0.1:PORT/metrics (loopback "
+               "addresses only).")] = None) -> None:
     from httpsys_emu import serve as serve_module
     session = _session(ctx)
     try:
         path = ensure_state_dir(session.state_dir)
-        serve_module.run(str(path), quiet=quiet)
+        serve_module.run(str(path), quiet=quiet, log_dir=log_dir, metrics=metrics_port)
     except (StateDirError, StoreError) as exc:
         typer.echo(f"{PROG}: {exc}", err=True)
         raise typer.Exit(1)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from . import control_protocol as proto
+from .metrics import render_metrics
 from .registry import Owner
 from .upstream import UpstreamTarget
 from .urlprefix import UrlPrefix, parse_prefix
@@ -170,6 +171,8 @@ class ControlServer:
                 return proto.ok(request.id, pid=os.getpid(), uid=owner.uid, user=owner.user)
             if request.op == "servicestate":
                 return proto.ok(request.id, state=self.door.servicestate())
+            if request.op == "metrics":
+                return proto.ok(request.id, text=render_metrics(self.door))
             if request.op == "reload":
                 if owner.uid != 0 and owner.uid != os.geteuid():
                     raise WinError(ERROR_ACCESS_DENIED, "only root or the daemon's user")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_LINE = 64 * 1024
-OPS = frozenset({"hello", "register", "unregister", "servicestate", "reload"})
+OPS = frozenset({"hello", "register", "unregister", "servicestate", "reload", "metrics"})
 
 
 class ControlProtocolError(Exception):

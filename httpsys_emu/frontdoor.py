@@ -55,7 +55,6 @@ class Snapshot:
     iplisten: list[str]
     reservations: list[tuple[UrlPrefix, UrlAcl]]
     forwards: list[tuple[UrlPrefix, UpstreamTarget]]
-    client_cert_ports: set[int] = field(default_factory=set)
 
     @property
     def ports(self) -> set[int]:
@@ -103,11 +102,13 @@ class FrontDoor:
 
     def __init__(self, state_dir: str | Path, *, log_echo: Any = None,
                  control_socket: bool = True,
-                 limit_overrides: Mapping[str, Any] | None = None) -> None:
+                 limit_overrides: Mapping[str, Any] | None = None,
+                 log_dir: str | Path | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.store = Store.open(self.state_dir)
         self.certs = CertStore(self.state_dir)
-        self.log = FrontDoorLog(self.state_dir / "logs", echo=log_echo)
+        self.log = FrontDoorLog(Path(log_dir) if log_dir is not None else self.state_dir / "logs",
+                                echo=log_echo)
         self.proxy = ReverseProxy(UpstreamPool())
         self.control_socket = control_socket
         self.limit_overrides: dict[str, Any] = dict(limit_overrides or {})
@@ -133,6 +134,7 @@ class FrontDoor:
         self.connections_total = 0
         self.connections_refused = 0
         self.handshakes_failed = 0
+        self.handshakes_ok: Counter[str] = Counter()     # by negotiated TLS version
 
     # -- configuration ---------------------------------------------------------------------
     @property
@@ -223,7 +225,11 @@ class FrontDoor:
                                     ip=row.key.host if kind == "ipport" else None,
                                     hostname=row.key.host if kind == "hostnameport" else None,
                                     port=port, context=ctx))
-        self.selector = CertificateSelector(bindings)
+        try:
+            self.selector = CertificateSelector(bindings)
+        except ValueError as exc:           # keep serving with the previous choice
+            self.log.info(f"certificate bindings not applied: {exc}")
+            return
         self._context_cache = cache
 
     def reload(self) -> None:
@@ -332,6 +338,7 @@ class FrontDoor:
         if scope.cancelled_caught:
             self.handshakes_failed += 1
             raise ConnectionAbort("Timer_ConnectionIdle", "TLS handshake deadline")
+        self.handshakes_ok[tls.tls_version] += 1
         return tls
 
     # -- listeners and connections ---------------------------------------------------------------

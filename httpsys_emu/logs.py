@@ -14,6 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import TextIO
 
+from .metrics import new_request_duration_histogram
+
 HTTPERR_FIELDS = ("#Fields: date time c-ip c-port s-ip s-port cs-version cs-method cs-uri "
                   "streamid sc-status s-siteid s-reason s-queuename")
 
@@ -38,6 +40,8 @@ class FrontDoorLog:
         self.echo = echo
         self.errors_by_reason: Counter[str] = Counter()
         self.requests_by_status: Counter[int] = Counter()
+        self.requests_by_route_status: Counter[tuple[str, int]] = Counter()
+        self.request_duration = new_request_duration_histogram()
         self._access: int | None = None
         self._httperr: int | None = None
         if log_dir is not None:
@@ -70,6 +74,8 @@ class FrontDoorLog:
     def access(self, *, client: str, host: str, method: str, path: str, status: int,
                nbytes: int, duration: float, route: str, target: str) -> None:
         self.requests_by_status[status] += 1
+        self.requests_by_route_status[(route, status)] += 1
+        self.request_duration.observe(duration)
         date, clock = _utc(time.time())
         self._write(self._access, " ".join(_field(v) for v in (
             f"{date}T{clock}Z", client, host, method, path, status, nbytes,

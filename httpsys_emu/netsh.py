@@ -140,6 +140,7 @@ COMMANDS: dict[tuple[str, str], CommandSpec] = {
         "delete iplisten ipaddress=IPADDRESS", "delete iplisten ipaddress=::1"),
     ("show", "iplisten"): CommandSpec(Grammar(), "show iplisten", "show iplisten"),
     ("show", "servicestate"): CommandSpec(Grammar(), "show servicestate", "show servicestate"),
+    ("show", "metrics"): CommandSpec(Grammar(), "show metrics", "show metrics"),
     ("add", "timeout"): CommandSpec(
         Grammar(("timeouttype", "value"), required=("timeouttype", "value")),
         "add timeout timeouttype=idleconnectiontimeout|headerwaittimeout value=SECS",

@@ -426,10 +426,22 @@ def _machine_delete(name: Annotated[str, typer.Argument(metavar="NAME|ID")],
                  "(`httpsys-emu serve`) over its control socket, and serve them until SIGTERM.\n"
                  "With --embedded, run the front door in this process instead (same state\n"
                  "directory, same rules).\n\n"
+                 "A second server node (high availability) shares the home (the database)\n"
+                 "and listens on its own prefix with --node and --commsListenWebSocket; each\n"
+                 "node keeps its own queue and agents poll every node (tentacle poll-server).\n\n"
                  "Examples:\n"
                  "  octopus-comms serve --home /var/lib/octopus-comms\n"
-                 "  octopus-comms serve --embedded --state-dir ./state --home ./home"))
+                 "  octopus-comms serve --embedded --state-dir ./state --home ./home\n"
+                 "  octopus-comms serve --node node2 --state-dir ./state2 \\\n"
+                 "      --commsListenWebSocket https://+:8444/OctopusComms"))
 def _serve(home: HomeOption = None,
+           node: Annotated[str | None, typer.Option(
+               "--node", metavar="NAME", help="This server node's name (default: host name).",
+               show_default=False)] = None,
+           comms: Annotated[str | None, typer.Option(
+               "--commsListenWebSocket", metavar="PREFIX",
+               help="Listen on this prefix instead of the configured one (HA nodes).",
+               show_default=False)] = None,
            state_dir: Annotated[str | None, typer.Option(
                "--state-dir", metavar="DIR",
                help="The front door's state directory (as httpsys-emu --state-dir).")] = None,
@@ -443,8 +455,12 @@ def _serve(home: HomeOption = None,
             state = ensure_state_dir(resolve_state_dir(state_dir))
         except StateDirError as exc:
             raise CliFailure(str(exc)) from None
+        prefixes = (parse_prefix_list(comms, validate_comms_prefix) if comms is not None
+                    else None)
+        if prefixes is not None and not prefixes:
+            raise CliFailure("--commsListenWebSocket needs a prefix here")
         try:
-            serve(home_dir(home), state, embedded=embedded)
+            serve(home_dir(home), state, embedded=embedded, node=node, comms_prefixes=prefixes)
         except ServeError as exc:
             raise CliFailure(str(exc)) from None
     run(body)

@@ -16,12 +16,17 @@ from dataclasses import dataclass, field
 
 import trio
 
+from httpsys_emu.exposition import Histogram
+
 from .halibut.messages import DataStream, RequestMessage, ResponseMessage
 
 log = logging.getLogger("octopus_comms.queue")
 
 COLLECTION_TIMEOUT = 120.0      # PollingRequestQueueTimeout "00:02:00"
 KEEPALIVE_INTERVAL = 30.0       # a null request when nothing came within this
+# Seconds from enqueue to the end of `send`, by outcome (see `RPC_OUTCOMES`), for metrics.
+RPC_DURATION_BUCKETS = (0.01, 0.05, 0.25, 1.0, 5.0, 30.0, 120.0, 600.0)
+RPC_OUTCOMES = ("answered", "collection_timeout", "outcome_unknown", "cancelled")
 
 
 class RequestState(enum.Enum):
@@ -137,6 +142,8 @@ class PendingRequestQueues:
     def __init__(self, collection_timeout: float = COLLECTION_TIMEOUT) -> None:
         self.collection_timeout = collection_timeout
         self._queues: dict[str, SubscriptionQueue] = {}
+        self.rpc_durations = {outcome: Histogram(RPC_DURATION_BUCKETS)
+                              for outcome in RPC_OUTCOMES}
 
     def queue(self, subscription_id: str) -> SubscriptionQueue:
         key = subscription_id.lower()
@@ -147,6 +154,13 @@ class PendingRequestQueues:
 
     def depth(self) -> dict[str, int]:
         return {q.subscription_id: len(q) for q in self._queues.values()}
+
+    def in_flight(self) -> int:
+        """Requests collected by an agent and not answered yet, on every subscription."""
+        return sum(len(q.in_flight) for q in self._queues.values())
+
+    def _record(self, outcome: str, started: float) -> None:
+        self.rpc_durations[outcome].observe(trio.current_time() - started)
 
     async def send(self, subscription_id: str, request: RequestMessage,
                    streams: tuple[DataStream, ...] = (), *,
@@ -159,6 +173,7 @@ class PendingRequestQueues:
         """
         q = self.queue(subscription_id)
         pending = PendingRequest(request, streams)
+        started = trio.current_time()
         q.put(pending)
         timeout = self.collection_timeout if collection_timeout is None else collection_timeout
         try:
@@ -180,7 +195,11 @@ class PendingRequestQueues:
             if pending.state is RequestState.QUEUED:
                 q.remove(pending)
                 pending.fail(RequestCancelled(f"{request.id}: cancelled before collection"))
+            self._record("cancelled", started)
             raise
         if pending.error is not None:
+            self._record("collection_timeout" if isinstance(pending.error, CollectionTimeout)
+                         else "outcome_unknown", started)
             raise pending.error
+        self._record("answered", started)
         return pending

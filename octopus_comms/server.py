@@ -9,12 +9,11 @@ Two ways to sit behind the shared port, with one set of handlers:
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import trio
 
@@ -79,10 +78,18 @@ class CommsServer:
     """Owns the store, the queues, the task runner and the handlers."""
 
     def __init__(self, home: Path, state_dir: Path, *, node: str | None = None,
-                 keepalive: float = 30.0, collection_timeout: float | None = None) -> None:
+                 keepalive: float = 30.0, collection_timeout: float | None = None,
+                 comms_prefixes: tuple[str, ...] | None = None) -> None:
         self.home = Path(home)
         self.state_dir = Path(state_dir)
         self.settings = load_settings(self.home)
+        # An HA node shares the home (its database) with the others but listens on its own
+        # prefix: the override applies to this process only and is not written to server.json.
+        self.node_override = comms_prefixes is not None
+        if comms_prefixes is not None:
+            from dataclasses import replace
+            self.settings = replace(self.settings, comms_listen_websocket=comms_prefixes,
+                                    web_listen_prefixes=())
         if not self.settings.comms_enabled:
             raise ServeError("the comms listener is off: run `octopus-comms configure "
                              "--commsListenWebSocket https://+:443/OctopusComms` first")
@@ -99,6 +106,8 @@ class CommsServer:
         self.endpoint = CommsEndpoint(trust=self.trust, queues=self.queues, live=self.live,
                                       node=self.node, keepalive=keepalive)
         self.registered = trio.Event()
+        from .portal import Portal
+        self.portal = Portal(self)          # one instance: it holds the login sessions
 
     # -- trust -------------------------------------------------------------------------------------
     def trust(self, thumbprint: str) -> TrustedAgent | None:
@@ -125,7 +134,7 @@ class CommsServer:
         headers: dict[str, str] = {}
         for name, value in info.headers:
             headers.setdefault(name.lower(), value)
-        api_request = ApiRequest(method=info.method, path=quote(info.path, safe="/:@!$&'()*+,;=-._~"),
+        api_request = ApiRequest(method=info.method, path=quote(info.path, safe="/:@!$&'()*+,;=-._~%"),
                                  query=query, headers=headers, body=body,
                                  client_ip=info.conn.remote_ip)
         response = await trio.to_thread.run_sync(self.api.handle, api_request)
@@ -135,17 +144,37 @@ class CommsServer:
     def routes(self) -> list[Route]:
         routes = [Route(p, self.endpoint, True) for p in self.settings.comms_listen_websocket]
         routes += [Route(p, self.api_handler, False) for p in default_web_prefixes(self.settings)]
+        from .portal import portal_route_prefix
+        routes.append(Route(portal_route_prefix(self.settings), self.portal, False))
         return routes
 
     def _publish_api_url(self) -> None:
         """Record where the API answers, so `octopus-comms script run` finds it from the home."""
+        if self.node_override:
+            return          # the primary node's address stays the one published
         api = default_web_prefixes(self.settings)[0]
         p = parse_prefix(api)
         host = "localhost" if p.host in ("+", "*") else p.host
         update_settings(self.home, api_url=f"{p.scheme}://{host}:{p.port}/",
                         api_thumbprint=self.thumbprint)
 
+    async def _watch_binding(self) -> None:
+        """Follow the front door's certificate: the API's certificate document and the
+        published ApiThumbprint must name the certificate agents will see, also after
+        `httpsys-emu add sslcert` replaced it."""
+        port = parse_prefix(self.settings.comms_listen_websocket[0]).port
+        while True:
+            await trio.sleep(1.0)
+            current = await trio.to_thread.run_sync(binding_thumbprint, self.state_dir, port)
+            if current and current != self.thumbprint:
+                log.info("the front door's certificate for port %d is now %s", port, current)
+                self.thumbprint = current
+                if self.api is not None:
+                    self.api.server_thumbprint = current
+                self._publish_api_url()
+
     def _start(self, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self._watch_binding)
         self.runner = ScriptTaskRunner(self.store, self.queues, nursery,
                                        collection_timeout=self.collection_timeout)
         self.api = Api(self.store, self.runner, server_thumbprint=self.thumbprint,
@@ -171,7 +200,8 @@ class CommsServer:
 
     async def run_registered(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         from httpsys_emu.appserver import AppServer
-        sock_path = self.home / SOCKET_NAME
+        sock_path = self.home / (SOCKET_NAME if not self.node_override
+                                 else f"comms-{_safe(self.node)}.sock")
         app = AppServer(self._dispatch, log=lambda m: log.warning("%s", m))
         async with trio.open_nursery() as nursery:
             self._start(nursery)
@@ -212,6 +242,10 @@ class CommsServer:
         self.store.close()
 
 
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40]
+
+
 class _registered_handlers:
     """Register every route with an in-process front door for the duration of a block."""
 
@@ -232,10 +266,11 @@ class _registered_handlers:
         await self._stack.aclose()
 
 
-def serve(home: Path, state_dir: Path, *, embedded: bool) -> None:
+def serve(home: Path, state_dir: Path, *, embedded: bool, node: str | None = None,
+          comms_prefixes: tuple[str, ...] | None = None) -> None:
     """Foreground entry point for the CLI."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    server = CommsServer(home, state_dir)
+    server = CommsServer(home, state_dir, node=node, comms_prefixes=comms_prefixes)
 
     async def main() -> None:
         with trio.open_signal_receiver(15, 2) as signals:

@@ -12,6 +12,7 @@ switches (`--help`; `--noconsolelogging`, which `agent` honours; and the ignored
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import os
 import sys
@@ -492,7 +493,8 @@ def cmd_agent(options: ParsedOptions, output: Output) -> int:
     from tentacle.config import load_config
     config = load_config(_config_path(options), instance=_instance(options))
     try:
-        import tentacle.agent as runtime  # written separately; imported only when needed
+        # imported only when needed; import_module honours sys.modules (tests swap it)
+        runtime = importlib.import_module("tentacle.agent")
     except ImportError as exc:
         raise TentacleError(f"The agent runtime is not available in this installation "
                             f"({exc}).") from None
@@ -694,7 +696,7 @@ def command_help(command: Command) -> str:
     return "\n".join(lines)
 
 
-def cmd_help(options: ParsedOptions, output: Output) -> int:  # replaced by dispatch in _run
+def cmd_help(options: ParsedOptions, output: Output) -> int:  # `_run` sends help to _show_help
     output.say(general_help())
     return EXIT_OK
 

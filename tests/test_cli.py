@@ -485,13 +485,3 @@ def test_end_to_end_permission_denied_state_dir(tmp_path: Path) -> None:
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr == (f"httpsys-emu: cannot create state directory {locked / 'state'}: "
                              "permission denied\n")
-
-
-def test_demo_runs(tmp_path: Path) -> None:
-    demo = subprocess.run([sys.executable, "-m", "httpsys_emu.demo", "--state-dir",
-                           str(tmp_path / "demo")], capture_output=True, text=True, timeout=120)
-    assert demo.returncode == 0, demo.stdout + demo.stderr
-    assert "$ httpsys-emu --state-dir" in demo.stdout
-    assert "SSL Certificate successfully added" in demo.stdout
-    assert "Reserved URL            : https://+:8443/OctopusComms/" in demo.stdout
-    assert "Target: http://127.0.0.1:8080" in demo.stdout
