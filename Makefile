@@ -22,6 +22,7 @@ run: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/routing_bench.py
+	bash bench/run_all.sh $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

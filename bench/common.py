@@ -351,7 +351,7 @@ def _stop_group(popen: subprocess.Popen[bytes], timeout: float) -> None:
 
 
 def wait_for_https(server: Server, port: int, path: str = "/", *, tls: bool = True,
-                   timeout: float = 20.0) -> None:
+                   timeout: float = 30.0) -> None:
     """Until a GET answers `200 OK` (with the reason phrase), or SetupError with the log."""
     deadline = time.monotonic() + timeout
     last = "no answer"
@@ -723,6 +723,7 @@ class BenchArgs:
     quick: bool
     keep: bool
     repeat: int
+    quiet_wait: float = 30.0                # longest wait for an idle machine before a run
     extra: argparse.Namespace = field(default_factory=argparse.Namespace)
 
 
@@ -746,7 +747,7 @@ def parse_bench_args(parser: argparse.ArgumentParser,
     ns = parser.parse_args(argv)
     duration = ns.duration if ns.duration is not None else (2.0 if ns.quick else 5.0)
     return BenchArgs(duration=duration, quick=ns.quick, keep=ns.keep,
-                     repeat=max(1, ns.repeat), extra=ns)
+                     repeat=max(1, ns.repeat), quiet_wait=5.0 if ns.quick else 30.0, extra=ns)
 
 
 @contextlib.contextmanager

@@ -54,7 +54,7 @@ def measure(server: Server, port: int, args: BenchArgs) -> Row:
     run_wrk(url, connections=CONNECTIONS, duration=1, headers=headers)
     rows: list[Row] = []
     for _ in range(args.repeat):
-        wait_for_quiet()
+        wait_for_quiet(args.quiet_wait)
         meter = CpuMeter(server.metered_pids()).start()
         result = run_wrk(url, connections=CONNECTIONS, duration=args.duration, headers=headers)
         meter.stop()

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import trio
 
-from common import (LOAD_CPU, SERVER_CPU, CertFiles, CpuMeter, FrontDoorState,
+from common import (LOAD_CPU, SERVER_CPU, BenchArgs, CertFiles, CpuMeter, FrontDoorState,
                     Nginx, Processes, Server, bench_parser, bench_workdir, ensure_tools, fmt,
                     free_port, frontdoor_env, frontdoor_handler_argv, machine_description,
                     markdown_table, nginx_tls_server, nginx_worker, parse_bench_args,
@@ -135,13 +135,13 @@ def held_connections(server: Server, listeners: int) -> int:
     return max(0, sum(socket_count(p) for p in server.metered_pids()) - listeners)
 
 
-async def measure_async(server: Server, port: int, row: Row) -> None:
+async def measure_async(server: Server, port: int, row: Row, quiet_wait: float) -> None:
     listeners = sum(socket_count(p) for p in server.metered_pids())
     warm_failures: Counter[str] = Counter()
     await close_all(await open_idle(port, WARM_UP, source_addresses(WARM_UP), warm_failures))
     await trio.sleep(1.0)
     row.baseline_kib = await settle_rss(server)
-    wait_for_quiet()          # the fill's CPU figure is only fair on an idle machine
+    wait_for_quiet(quiet_wait)      # the fill's CPU figure is only fair on an idle machine
     meter = CpuMeter(server.metered_pids()).start()
     started = time.monotonic()
     streams = await open_idle(port, row.n, source_addresses(row.n), row.failures)
@@ -155,22 +155,22 @@ async def measure_async(server: Server, port: int, row: Row) -> None:
         await close_all(streams)
 
 
-def measure(server: Server, port: int, n: int, name: str) -> Row:
+def measure(server: Server, port: int, n: int, name: str, args: BenchArgs) -> Row:
     wait_for_https(server, port)
     row = Row(name, n)
-    trio.run(measure_async, server, port, row)
+    trio.run(measure_async, server, port, row, args.quiet_wait)
     return row
 
 
 def bench_n(n: int, state: FrontDoorState, cert: CertFiles, workdir: Path,
-            procs: Processes) -> list[Row]:
+            procs: Processes, args: BenchArgs) -> list[Row]:
     rows: list[Row] = []
     port = free_port()
     state.bind(port, cert)
     server = procs.start(f"frontdoor-{n}", frontdoor_handler_argv(state, port), cpu=SERVER_CPU,
                          env=frontdoor_env())
     try:
-        rows.append(measure(server, port, n, "httpsys-emu (in-process 200)"))
+        rows.append(measure(server, port, n, "httpsys-emu (in-process 200)", args))
     finally:
         procs.stop(server)
         state.emu("delete", "sslcert", f"ipport=0.0.0.0:{port}")
@@ -182,7 +182,7 @@ def bench_n(n: int, state: FrontDoorState, cert: CertFiles, workdir: Path,
     server = nginx.start(procs, f"nginx-{n}", SERVER_CPU)
     try:
         nginx_worker(server)
-        rows.append(measure(server, port, n, "nginx (return 200)"))
+        rows.append(measure(server, port, n, "nginx (return 200)", args))
     finally:
         procs.stop(server)
     return rows
@@ -238,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             state.emu("add", "timeout", "timeouttype=headerwaittimeout", f"value={HEADER_WAIT}")
             rows: list[Row] = []
             for n in counts:
-                rows += bench_n(n, state, cert, workdir, procs)
+                rows += bench_n(n, state, cert, workdir, procs, args)
             print_table(rows)
 
     return run_main(body)

@@ -54,7 +54,7 @@ def measure(server: Server, port: int, upstream: Server, args: BenchArgs) -> Row
     run_wrk(url, connections=CONNECTIONS, duration=1, latency=True)     # warm-up: pools, caches
     rows: list[Row] = []
     for _ in range(args.repeat):
-        wait_for_quiet()
+        wait_for_quiet(args.quiet_wait)
         meter = CpuMeter(server.metered_pids()).start()
         upstream_meter = CpuMeter(upstream.metered_pids()).start()
         result = run_wrk(url, connections=CONNECTIONS, duration=args.duration, latency=True)

@@ -44,8 +44,11 @@ def free_port() -> int:
 class Agent(threading.Thread):
     """A polling agent: websockets for the WebSocket, our SubscriberExchange for Halibut."""
 
-    def __init__(self, url: str, cert_dir: Path, *, answer: bool = True, polls: int = 3) -> None:
+    def __init__(self, url: str, cert_dir: Path, *, answer: bool = True, polls: int = 3,
+                 respond=None, subscription: str = SUBSCRIPTION) -> None:
         super().__init__(daemon=True)
+        self.respond = respond or capabilities
+        self.subscription = subscription
         self.url = url
         self.cert_dir = cert_dir
         self.answer = answer
@@ -83,7 +86,7 @@ class Agent(threading.Thread):
             await ws.send("MX")
             sender = asyncio.ensure_future(ws.send(frames()))
             exchange = ex.SubscriberExchange()
-            for write in exchange.send(ex.Identified(SUBSCRIPTION)):
+            for write in exchange.send(ex.Identified(self.subscription)):
                 await outgoing.put(write)
             fragments = ws.recv_streaming()
             polls = 0
@@ -98,8 +101,7 @@ class Agent(threading.Thread):
                     self.events.append(event)
                     if isinstance(event, ex.Request):
                         if event.request is not None and self.answer:
-                            result = c.CapabilitiesResponseV2(
-                                supported_capabilities=["IScriptService", "IScriptServiceV2"])
+                            result = self.respond(event.request)
                             response = ResponseMessage.from_result(event.request, result)
                             for write in exchange.send(ex.Response(response)):
                                 await outgoing.put(write)
@@ -112,7 +114,16 @@ class Agent(threading.Thread):
                 self.close_code = getattr(getattr(exc, "rcvd", None), "code", None)
                 return
             finally:
-                sender.cancel()
+                # flush what was queued (the last response) before leaving the connection
+                await outgoing.put(None)
+                try:
+                    await asyncio.wait_for(sender, 5)
+                except BaseException:
+                    sender.cancel()
+
+
+def capabilities(request: object) -> c.CapabilitiesResponseV2:
+    return c.CapabilitiesResponseV2(supported_capabilities=["IScriptService", "IScriptServiceV2"])
 
 
 @pytest.fixture
