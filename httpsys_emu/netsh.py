@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from httpsys_emu.certstore import ERROR_NO_SUCH_LOGON_SESSION, normalize_thumbprint
+from httpsys_emu.certstore import normalize_thumbprint
 from httpsys_emu.store import (NETSH_TIMEOUT_TYPES, SETTINGS, Forward, SslCertBinding, SslKey,
                                SslKind, Timeouts, UrlAclEntry, normalize_ip_address)
 from httpsys_emu.urlacl import UrlAcl

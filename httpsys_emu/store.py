@@ -16,7 +16,7 @@ import ipaddress
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -26,6 +26,8 @@ from httpsys_emu.limits import Limits
 from httpsys_emu.statedir import ensure_state_dir
 from httpsys_emu.urlacl import UrlAcl
 from httpsys_emu.urlprefix import Category, UrlPrefix, classify_host, parse_prefix
+from httpsys_emu.migrations import Migration, SchemaTooNew, read_version
+from httpsys_emu.migrations import migrate as run_migrations
 from httpsys_emu.winerror import (ERROR_ALREADY_EXISTS, ERROR_FILE_NOT_FOUND,
                                   ERROR_INVALID_PARAMETER, WinError)
 
@@ -335,50 +337,22 @@ def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-Migration = Callable[[sqlite3.Connection], None]
 # MIGRATIONS[i] takes a database from version i to version i + 1. Append, never edit.
 MIGRATIONS: tuple[Migration, ...] = (_migrate_0_to_1,)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def _read_version(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT name FROM sqlite_master WHERE type='table' "
-                       "AND name='schema_version'").fetchone()
-    if row is None:
-        return 0
-    version = conn.execute("SELECT version FROM schema_version").fetchone()
-    return int(version[0]) if version else 0
-
-
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
-    """Bring the database up to `len(migrations)` in one transaction; returns the old version.
-
-    Several processes may open a fresh database at once: the version is re-read under the
-    write lock, so each migration runs exactly once.
-    """
-    target = len(migrations)
-    if _read_version(conn) == target:
-        return target
-    conn.execute("BEGIN IMMEDIATE")
+    """Bring the database up to `len(migrations)` (see httpsys_emu.migrations)."""
     try:
-        version = _read_version(conn)
-        if version > target:
-            raise StoreError(f"state database has schema version {version}, newer than this "
-                             f"program understands ({target}); upgrade httpsys-emu")
-        for step in migrations[version:]:
-            step(conn)
-        if version < target:
-            if version == 0:
-                conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (target,))
-            else:
-                conn.execute("UPDATE schema_version SET version = ?", (target,))
-            conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'generation'")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return version
+        return run_migrations(conn, migrations, after=_bump_generation)
+    except SchemaTooNew as exc:
+        raise StoreError(f"state database has schema version {exc.version}, newer than this "
+                         f"program understands ({exc.target}); upgrade httpsys-emu") from None
+
+
+def _bump_generation(conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'generation'")
 
 
 # ----------------------------------------------------------------------------- the store
@@ -503,7 +477,7 @@ class Store:
 
     def schema_version(self) -> int:
         with self._lock:
-            return _read_version(self._conn)
+            return read_version(self._conn)
 
     def generation(self) -> int:
         """A counter bumped by every committed write, from any process."""

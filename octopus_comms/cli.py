@@ -547,19 +547,8 @@ def _read_file(path: Path | None) -> str:
 
 def main() -> None:
     """Console-script entry point: run the app; never let a traceback reach the user."""
-    try:
-        app(prog_name=PROG)
-    except SystemExit:
-        raise
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted\n")
-        sys.exit(130)
-    except BrokenPipeError:
-        sys.exit(1)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence
-        sys.stderr.write(f"{PROG}: unexpected error: {type(exc).__name__}: {exc}\n")
-        sys.exit(1)
-
+    from httpsys_emu.climain import run_console_app
+    run_console_app(app, PROG)
 
 if __name__ == "__main__":
     main()

@@ -29,6 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from httpsys_emu.migrations import Migration, SchemaTooNew, read_version
+from httpsys_emu.migrations import migrate as run_migrations
+
 from octopus_comms.home import db_path, ensure_home
 
 BUSY_TIMEOUT_MS = 10_000
@@ -391,48 +394,18 @@ def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
                  "1, 1, 0, ?)", (ADMIN_USER_ID, format_time(utc_now())))
 
 
-Migration = Callable[[sqlite3.Connection], None]
 # MIGRATIONS[i] takes a database from version i to version i + 1. Append, never edit.
 MIGRATIONS: tuple[Migration, ...] = (_migrate_0_to_1,)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def _read_version(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT name FROM sqlite_master WHERE type='table' "
-                       "AND name='schema_version'").fetchone()
-    if row is None:
-        return 0
-    version = conn.execute("SELECT version FROM schema_version").fetchone()
-    return int(version[0]) if version else 0
-
-
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
-    """Bring the database up to `len(migrations)` in one transaction; returns the old version.
-
-    The version is re-read under the write lock, so concurrent openers migrate exactly once.
-    """
-    target = len(migrations)
-    if _read_version(conn) == target:
-        return target
-    conn.execute("BEGIN IMMEDIATE")
+    """Bring the database up to `len(migrations)` (see httpsys_emu.migrations)."""
     try:
-        version = _read_version(conn)
-        if version > target:
-            raise StoreError(f"comms database has schema version {version}, newer than this "
-                             f"program understands ({target}); upgrade octopus-comms")
-        for step in migrations[version:]:
-            step(conn)
-        if version < target:
-            if version == 0:
-                conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (target,))
-            else:
-                conn.execute("UPDATE schema_version SET version = ?", (target,))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return version
+        return run_migrations(conn, migrations)
+    except SchemaTooNew as exc:
+        raise StoreError(f"comms database has schema version {exc.version}, newer than this "
+                         f"program understands ({exc.target}); upgrade octopus-comms") from None
 
 
 # ----------------------------------------------------------------------------- row mapping
@@ -613,7 +586,7 @@ class Store:
 
     def schema_version(self) -> int:
         with self._lock:
-            return _read_version(self._conn)
+            return read_version(self._conn)
 
     def installation_id(self) -> str:
         """A GUID made when the database was created; stable for its lifetime."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import tempfile
 import threading
 from pathlib import Path
 

@@ -1,0 +1,65 @@
+"""Schema migrations for our SQLite stores (the front door's state.db, the comms server's
+comms.db): one runner, so both get the same guarantees.
+
+`migrations[i]` takes a database from version i to i + 1; append, never edit. Several processes
+may open a fresh database at once: the version is re-read under the write lock, so each step runs
+exactly once, and all of it happens in one transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+class SchemaTooNew(Exception):
+    """The database was written by a newer program."""
+
+    def __init__(self, version: int, target: int) -> None:
+        self.version = version
+        self.target = target
+        super().__init__(f"schema version {version}, newer than this program understands "
+                         f"({target})")
+
+
+def read_version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT name FROM sqlite_master WHERE type='table' "
+                       "AND name='schema_version'").fetchone()
+    if row is None:
+        return 0
+    version = conn.execute("SELECT version FROM schema_version").fetchone()
+    return int(version[0]) if version else 0
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration],
+            after: Callable[[sqlite3.Connection], None] | None = None) -> int:
+    """Bring the database up to `len(migrations)`; returns the version it had.
+
+    `after` runs inside the same transaction when anything was applied (e.g. to bump a change
+    counter). SchemaTooNew when the database is ahead of us.
+    """
+    target = len(migrations)
+    if read_version(conn) == target:
+        return target
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = read_version(conn)
+        if version > target:
+            raise SchemaTooNew(version, target)
+        for step in migrations[version:]:
+            step(conn)
+        if version < target:
+            if version == 0:
+                conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (target,))
+            else:
+                conn.execute("UPDATE schema_version SET version = ?", (target,))
+            if after is not None:
+                after(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return version
