@@ -8,6 +8,7 @@ each, so concurrent tasks never interleave within a line.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -30,7 +31,12 @@ def _field(value: object) -> str:
     if value is None or value == "":
         return "-"
     text = str(value)
+    if text.isprintable() and _SPACE.search(text) is None:
+        return text                     # the common case, without a per-character loop
     return "".join("+" if c.isspace() else (c if c.isprintable() else "?") for c in text)
+
+
+_SPACE = re.compile(r"\s")
 
 
 class FrontDoorLog:

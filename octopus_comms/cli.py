@@ -442,6 +442,10 @@ def _serve(home: HomeOption = None,
                "--commsListenWebSocket", metavar="PREFIX",
                help="Listen on this prefix instead of the configured one (HA nodes).",
                show_default=False)] = None,
+           queue_timeout: Annotated[str, typer.Option(
+               "--pollingRequestQueueTimeout", metavar="HH:MM:SS",
+               help="How long a request waits for an agent to collect it before it fails "
+                    "(safe to retry).")] = "00:02:00",
            state_dir: Annotated[str | None, typer.Option(
                "--state-dir", metavar="DIR",
                help="The front door's state directory (as httpsys-emu --state-dir).")] = None,
@@ -459,8 +463,17 @@ def _serve(home: HomeOption = None,
                     else None)
         if prefixes is not None and not prefixes:
             raise CliFailure("--commsListenWebSocket needs a prefix here")
+        from octopus_comms.halibut.timespan import parse_timespan
         try:
-            serve(home_dir(home), state, embedded=embedded, node=node, comms_prefixes=prefixes)
+            collection = parse_timespan(queue_timeout).total_seconds()
+        except ValueError:
+            raise CliFailure(f"--pollingRequestQueueTimeout {queue_timeout!r} is not a "
+                             "time span like 00:02:00") from None
+        if collection <= 0:
+            raise CliFailure("--pollingRequestQueueTimeout must be positive")
+        try:
+            serve(home_dir(home), state, embedded=embedded, node=node, comms_prefixes=prefixes,
+                  collection_timeout=collection)
         except ServeError as exc:
             raise CliFailure(str(exc)) from None
     run(body)

@@ -70,4 +70,4 @@ class CommsEndpoint:
         ws = HalibutWebSocket.server(stream)
         await serve_polling(ws, thumbprint=info.conn.client_cert_thumbprint, trust=self.trust,
                             queues=self.queues, live=self.live, node=self.node, remote=remote,
-                            keepalive=self.keepalive)
+                            keepalive=self.keepalive, shutdown=request.shutdown)

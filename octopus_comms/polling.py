@@ -18,7 +18,7 @@ import trio
 from .halibut import exchange as ex
 from .halibut.errors import HalibutError
 from .halibut.framing import NEED_DATA
-from .queue import PendingRequest, PendingRequestQueues
+from .queue import PendingRequest, PendingRequestQueues, SubscriptionQueue
 from .wsstream import HalibutWebSocket, WebSocketClosed
 
 log = logging.getLogger("octopus_comms.polling")
@@ -98,10 +98,37 @@ async def _next(exchange: ex.ServerExchange, ws: HalibutWebSocket) -> object:
         exchange.receive_data(data)
 
 
+async def _collect_unless(queue: SubscriptionQueue, wait: float, collector: str,
+                          shutdown: trio.Event | None) -> tuple[PendingRequest | None, bool]:
+    """The next request (or None for a keep-alive), unless shutdown comes first."""
+    if shutdown is None:
+        return await queue.collect(wait, collector=collector), False
+    if shutdown.is_set():
+        return None, True
+    result: list[PendingRequest | None] = []
+    async with trio.open_nursery() as nursery:
+        async def collect() -> None:
+            result.append(await queue.collect(wait, collector=collector))
+            nursery.cancel_scope.cancel()
+
+        async def watch() -> None:
+            await shutdown.wait()
+            nursery.cancel_scope.cancel()
+        nursery.start_soon(collect)
+        nursery.start_soon(watch)
+    if result:
+        return result[0], False
+    return None, True
+
+
 async def serve_polling(ws: HalibutWebSocket, *, thumbprint: str | None, trust: TrustLookup,
                         queues: PendingRequestQueues, live: LiveAgents, node: str, remote: str,
-                        keepalive: float = 30.0) -> None:
-    """Run one polling connection to its end; never raises for a peer's misbehaviour."""
+                        keepalive: float = 30.0, shutdown: trio.Event | None = None) -> None:
+    """Run one polling connection to its end; never raises for a peer's misbehaviour.
+
+    When `shutdown` is set (the front door is draining) the loop stops between requests and
+    closes the WebSocket with 1001 (going away), so the agent reconnects to the next server.
+    """
     try:
         with trio.fail_after(MX_TIMEOUT):
             hello = await ws.receive_text()
@@ -124,6 +151,7 @@ async def serve_polling(ws: HalibutWebSocket, *, thumbprint: str | None, trust: 
     pending: PendingRequest | None = None
     key: int | None = None
     queue = None
+    close_code = 1000
     try:
         event = await _next(exchange, ws)
         if not isinstance(event, ex.Identified):
@@ -139,7 +167,13 @@ async def serve_polling(ws: HalibutWebSocket, *, thumbprint: str | None, trust: 
         key = live.add(AgentConnection(agent.machine_id, subscription, remote, node))
         log.info("agent %s (%s) polling as %s on %s", agent.name, remote, subscription, node)
         while True:
-            pending = await queue.collect(keepalive, collector=f"{node}:{remote}")
+            pending, stopping = await _collect_unless(queue, keepalive, f"{node}:{remote}",
+                                                      shutdown)
+            if stopping:
+                log.info("agent %s (%s): server node %s is shutting down", agent.name, remote,
+                         node)
+                close_code = 1001
+                return
             live.touch(key)
             request = pending.request if pending else None
             await ws.send_writes(exchange.send(ex.Request(request)))
@@ -167,4 +201,4 @@ async def serve_polling(ws: HalibutWebSocket, *, thumbprint: str | None, trust: 
             queue.lost(pending, "the polling connection was lost")
         if key is not None:
             live.remove(key)
-        await ws.close(1000)
+        await ws.close(close_code)

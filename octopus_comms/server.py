@@ -95,7 +95,8 @@ class CommsServer:
                              "--commsListenWebSocket https://+:443/OctopusComms` first")
         self.node = node or socket.gethostname()
         self.store = Store.open(self.home)
-        self.queues = PendingRequestQueues()
+        self.queues = (PendingRequestQueues(collection_timeout) if collection_timeout
+                       else PendingRequestQueues())
         self.live = LiveAgents()
         self.keepalive = keepalive
         self.collection_timeout = collection_timeout
@@ -267,10 +268,12 @@ class _registered_handlers:
 
 
 def serve(home: Path, state_dir: Path, *, embedded: bool, node: str | None = None,
-          comms_prefixes: tuple[str, ...] | None = None) -> None:
+          comms_prefixes: tuple[str, ...] | None = None,
+          collection_timeout: float | None = None) -> None:
     """Foreground entry point for the CLI."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    server = CommsServer(home, state_dir, node=node, comms_prefixes=comms_prefixes)
+    server = CommsServer(home, state_dir, node=node, comms_prefixes=comms_prefixes,
+                         collection_timeout=collection_timeout)
 
     async def main() -> None:
         with trio.open_signal_receiver(15, 2) as signals:

@@ -215,3 +215,28 @@ async def test_untrusted_agent_gets_no_identity_and_queue_untouched(comms_env, t
         assert live.count() == 0
 
     await _run(state, {}, 30, body)
+
+
+async def test_draining_front_door_closes_polling_with_1001(comms_env, tmp_path):
+    state, port, agent_cert = comms_env
+    trusted = {agent_cert.thumbprint: TrustedAgent("Machines-1", "web01", agent_cert.thumbprint,
+                                                   SUBSCRIPTION)}
+    queues, live = PendingRequestQueues(), LiveAgents()
+    endpoint = CommsEndpoint(trust=lambda t: trusted.get(t.upper()), queues=queues, live=live,
+                             keepalive=30)
+    agent = Agent(f"wss://localhost:{port}/OctopusComms", tmp_path, polls=5)
+    async with trio.open_nursery() as nursery:
+        door = FrontDoor(state)
+        await nursery.start(door.run)
+        async with door.register_handler(f"https://+:{_port(door)}/OctopusComms", endpoint,
+                                         client_cert=True):
+            agent.start()
+            with trio.fail_after(15):
+                while live.count() == 0:
+                    await trio.sleep(0.05)
+            with trio.fail_after(15):
+                await door.drain()
+            await trio.to_thread.run_sync(agent.join, 15)
+        nursery.cancel_scope.cancel()
+    assert agent.close_code == 1001
+    assert live.count() == 0

@@ -198,6 +198,12 @@ def test_tentacle_reconnects_with_back_off_after_the_server_dies(site, tmp_path:
                 env=env)
     wait_until(lambda: log.exists() and "the server identified itself" in log.read_text(),
                what="the first poll")
+    # `script run` streams the output and exits with the script's own exit code
+    run = subprocess.run([str(BIN / "octopus-comms"), "script", "run", "--home", str(home),
+                          "--machine", "agent01", "--body", "echo to stdout; echo to stderr >&2; exit 7"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 7, run.stdout + run.stderr
+    assert "to stdout" in run.stdout and "to stderr" in run.stderr
     comms.send_signal(signal.SIGKILL)                     # mid-poll
     comms.wait(10)
     wait_until(lambda: "attempt 3 of 5" in log.read_text(), 30, "fast retries")
