@@ -83,7 +83,8 @@ def run(state_dir: str | None, *, quiet: bool = False,
         sys.stderr.write(f"httpsys-emu: {exc}\n")
         sys.exit(1)
     except OSError as exc:            # e.g. the log directory cannot be created or written
-        sys.stderr.write(f"httpsys-emu: {exc}\n")
+        where = f"{exc.filename}: " if exc.filename else ""
+        sys.stderr.write(f"httpsys-emu: cannot start: {where}{exc.strerror or exc}\n")
         sys.exit(1)
     except BaseExceptionGroup as group:
         for kind in (ControlAlreadyRunning, ServeFailure, MetricsBindRefused):

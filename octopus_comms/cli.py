@@ -442,6 +442,10 @@ def _serve(home: HomeOption = None,
                "--commsListenWebSocket", metavar="PREFIX",
                help="Listen on this prefix instead of the configured one (HA nodes).",
                show_default=False)] = None,
+           metrics_port: Annotated[int | None, typer.Option(
+               "--metrics-port", metavar="PORT",
+               help="Prometheus metrics at http://127.0.0.1:PORT/metrics (loopback only).",
+               show_default=False)] = None,
            queue_timeout: Annotated[str, typer.Option(
                "--pollingRequestQueueTimeout", metavar="HH:MM:SS",
                help="How long a request waits for an agent to collect it before it fails "
@@ -473,7 +477,7 @@ def _serve(home: HomeOption = None,
             raise CliFailure("--pollingRequestQueueTimeout must be positive")
         try:
             serve(home_dir(home), state, embedded=embedded, node=node, comms_prefixes=prefixes,
-                  collection_timeout=collection)
+                  collection_timeout=collection, metrics_port=metrics_port)
         except ServeError as exc:
             raise CliFailure(str(exc)) from None
     run(body)

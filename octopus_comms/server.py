@@ -8,6 +8,7 @@ Two ways to sit behind the shared port, with one set of handlers:
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import trio
 from httpsys_emu import control_client
 from httpsys_emu.handlers import HandlerRequest
 from httpsys_emu.urlprefix import parse_prefix
+from httpsys_emu.winerror import WinError
 
 from .api import Api, ApiRequest
 from .endpoint import CommsEndpoint
@@ -213,8 +215,12 @@ class CommsServer:
                 try:
                     async with control_client.connect(self.state_dir) as control:
                         for route in self.routes():
-                            await control.register(route.prefix, deliver=f"unix:{sock_path}",
-                                                   client_cert=route.client_cert)
+                            try:
+                                await control.register(route.prefix,
+                                                       deliver=f"unix:{sock_path}",
+                                                       client_cert=route.client_cert)
+                            except WinError as exc:
+                                raise ServeError(_refusal(route.prefix, exc)) from None
                         log.info("registered %s with the front door",
                                  ", ".join(r.prefix for r in self.routes()))
                         self.registered.set()
@@ -243,6 +249,17 @@ class CommsServer:
         self.store.close()
 
 
+def _refusal(prefix: str, exc: WinError) -> str:
+    """The front door's refusal as one line, with the fix where there is an obvious one."""
+    text = f"the front door refused {prefix}: Error {exc.code}: {exc.message}"
+    if exc.code == 5:
+        text += (f" Reserve it for this user: httpsys-emu add urlacl url={prefix} "
+                 f"user=$(id -un)")
+    elif exc.code == 183:
+        text += " Another application has registered it."
+    return text
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40]
 
@@ -269,7 +286,7 @@ class _registered_handlers:
 
 def serve(home: Path, state_dir: Path, *, embedded: bool, node: str | None = None,
           comms_prefixes: tuple[str, ...] | None = None,
-          collection_timeout: float | None = None) -> None:
+          collection_timeout: float | None = None, metrics_port: int | None = None) -> None:
     """Foreground entry point for the CLI."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     server = CommsServer(home, state_dir, node=node, comms_prefixes=comms_prefixes,
@@ -279,13 +296,26 @@ def serve(home: Path, state_dir: Path, *, embedded: bool, node: str | None = Non
         with trio.open_signal_receiver(15, 2) as signals:
             async with trio.open_nursery() as nursery:
                 if embedded:
-                    nursery.start_soon(lambda: server.run_embedded(handle_signals=False))
+                    await nursery.start(server.run_embedded)
                 else:
                     await nursery.start(server.run_registered)
+                if metrics_port is not None:
+                    from .metrics import render, serve_metrics
+                    await nursery.start(functools.partial(
+                        serve_metrics, metrics_port, lambda: render(server),
+                        log=lambda m: log.info("%s", m)))
                 async for _ in signals:
                     nursery.cancel_scope.cancel()
                     break
     try:
         trio.run(main)
+    except BaseExceptionGroup as group:
+        # A start-up refusal comes out of the nurseries wrapped: report it as itself.
+        matched, _rest = group.split(ServeError)
+        while matched is not None and isinstance(matched, BaseExceptionGroup):
+            matched = matched.exceptions[0]
+        if isinstance(matched, ServeError):
+            raise matched from None
+        raise
     finally:
         server.close()

@@ -169,6 +169,7 @@ install.sh: next steps (see docs/configuration.md):
   httpsys-emu add sslcert ipport=0.0.0.0:443 certhash=THUMBPRINT appid={00112233-4455-6677-8899-aabbccddeeff}
   httpsys-emu add urlacl url=https://+:443/OctopusComms/ user=octopus
   httpsys-emu add urlacl url=https://+:443/api/ user=octopus
+  httpsys-emu add urlacl url=https://+:443/app/ user=octopus
   octopus-comms configure --commsListenWebSocket https://+:443/OctopusComms
   systemctl enable --now httpsys-emu octopus-comms
 EOF

@@ -34,8 +34,9 @@ from octopus_comms.metrics import render as render_comms, serve_metrics
 from octopus_comms.queue import CollectionTimeout, OutcomeUnknown
 from octopus_comms.server import CommsServer
 from octopus_comms.settings import ServerSettings, save_settings
-from tests.frontdoor_fixtures import (CLI, applied, free_port, front_door, http_request,  # noqa: F401
-                                      read_response, site, tls_connect, upstream, wait_for)
+from tests.frontdoor_fixtures import (CLI, applied, free_port, http_request, read_response,
+                                      tls_connect, wait_for)
+from tests.frontdoor_fixtures import front_door, site, upstream  # noqa: F401  (fixtures)
 
 # ------------------------------------------------------------------ a strict exposition parser
 

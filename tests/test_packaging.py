@@ -5,7 +5,6 @@ checked against the kernel's own write-xor-execute rule (PR_SET_MDWE)."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import shlex
@@ -20,8 +19,8 @@ import trio
 
 from octopus_comms.settings import ServerSettings, save_settings
 from tentacle.service import render_unit
-from tests.frontdoor_fixtures import (applied, front_door, http_request, read_response,  # noqa: F401
-                                      site, tls_connect, wait_for)
+from tests.frontdoor_fixtures import http_request, read_response, tls_connect, wait_for
+from tests.frontdoor_fixtures import front_door, site  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGING = ROOT / "packaging"
