@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import re
-import selectors
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -48,6 +49,16 @@ class Shell:
                                      stderr=subprocess.STDOUT, text=True, bufsize=1,
                                      start_new_session=True)
         self.transcript: list[str] = []
+        # One reader thread owns the pipe; select() on a buffered text stream would miss
+        # lines already read into Python's buffer (two lines arriving in one chunk).
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put("")        # end of output: the shell died
 
     def run(self, code: str, timeout: float = 120, echo: bool = False) -> str:
         assert self.proc.stdin and self.proc.stdout
@@ -62,16 +73,15 @@ class Shell:
         self.proc.stdin.flush()
         lines: list[str] = []
         deadline = time.monotonic() + timeout
-        selector = selectors.DefaultSelector()
-        selector.register(self.proc.stdout, selectors.EVENT_READ)
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            try:
+                if remaining <= 0:
+                    raise queue.Empty
+                line = self._lines.get(timeout=remaining)
+            except queue.Empty:
                 raise AssertionError(f"block timed out:\n{code}\n--- output so far ---\n"
-                                     + "".join(lines))
-            if not selector.select(remaining):
-                continue
-            line = self.proc.stdout.readline()
+                                     + "".join(lines)) from None
             if not line:
                 raise AssertionError("the shell died:\n" + "".join(lines))
             if echo and not line.startswith(MARK):
