@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\nStopping...", flush=True)
         try:
             shell.run("tentacle service --instance Tentacle --stop >/dev/null 2>&1 || true\n"
-                      "kill $(jobs -p) 2>/dev/null || true", timeout=30)
+                      "kill $(jobs -p) 2>/dev/null || true\n"
+                      "wait", timeout=60)
         except AssertionError:
             pass
         shell.close()

@@ -63,3 +63,33 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration],
         conn.execute("ROLLBACK")
         raise
     return version
+
+
+def prepare_connection(conn: sqlite3.Connection, migrations: Sequence[Migration],
+                       migrate_fn: Callable[[sqlite3.Connection, Sequence[Migration]], int],
+                       busy_timeout_ms: int) -> str:
+    """WAL, durability and the schema, retried while another process holds the lock.
+
+    SQLite does not run the busy handler for every lock a fresh database needs (switching to
+    WAL, the first schema write): two CLI commands on a new state directory at the same moment
+    could fail with "database is locked". Returns the journal mode in force.
+    """
+    import time
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    delay = 0.005
+    while True:
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+            mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            migrate_fn(conn, migrations)
+            return mode
+        except sqlite3.OperationalError as exc:
+            text = str(exc).lower()
+            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                raise
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)

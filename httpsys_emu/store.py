@@ -26,7 +26,7 @@ from httpsys_emu.limits import Limits
 from httpsys_emu.statedir import ensure_state_dir
 from httpsys_emu.urlacl import UrlAcl
 from httpsys_emu.urlprefix import Category, UrlPrefix, classify_host, parse_prefix
-from httpsys_emu.migrations import Migration, SchemaTooNew, read_version
+from httpsys_emu.migrations import Migration, SchemaTooNew, prepare_connection, read_version
 from httpsys_emu.migrations import migrate as run_migrations
 from httpsys_emu.winerror import (ERROR_ALREADY_EXISTS, ERROR_FILE_NOT_FOUND,
                                   ERROR_INVALID_PARAMETER, WinError)
@@ -420,13 +420,10 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open state database {path}: {exc}") from None
         try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
+            # synchronous=FULL: "successfully added" survives power loss
+            mode = prepare_connection(conn, migrations, migrate, BUSY_TIMEOUT_MS)
+            if mode.lower() != "wal":
                 raise StoreError(f"state database {path} cannot use WAL mode ({mode})")
-            conn.execute("PRAGMA synchronous = FULL")  # "successfully added" survives power loss
-            conn.execute("PRAGMA foreign_keys = ON")
-            migrate(conn, migrations)
         except StoreError:
             conn.close()
             raise

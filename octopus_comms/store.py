@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from httpsys_emu.migrations import Migration, SchemaTooNew, read_version
+from httpsys_emu.migrations import Migration, SchemaTooNew, prepare_connection, read_version
 from httpsys_emu.migrations import migrate as run_migrations
 
 from octopus_comms.home import db_path, ensure_home
@@ -511,13 +511,10 @@ class Store:
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open comms database {path}: {exc}") from None
         try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
+            # synchronous=FULL: a created key or task survives a crash
+            mode = prepare_connection(conn, migrations, migrate, BUSY_TIMEOUT_MS)
+            if mode.lower() != "wal":
                 raise StoreError(f"comms database {path} cannot use WAL mode ({mode})")
-            conn.execute("PRAGMA synchronous = FULL")  # a created key or task survives a crash
-            conn.execute("PRAGMA foreign_keys = ON")
-            migrate(conn, migrations)
         except StoreError:
             conn.close()
             raise
