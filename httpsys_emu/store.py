@@ -26,8 +26,8 @@ from httpsys_emu.limits import Limits
 from httpsys_emu.statedir import ensure_state_dir
 from httpsys_emu.urlacl import UrlAcl
 from httpsys_emu.urlprefix import Category, UrlPrefix, classify_host, parse_prefix
-from httpsys_emu.migrations import Migration, SchemaTooNew, prepare_connection, read_version
-from httpsys_emu.migrations import migrate as run_migrations
+from httpsys_emu.sqlitedb import Migration, SchemaTooNew, open_database, read_version
+from httpsys_emu.sqlitedb import migrate as run_migrations
 from httpsys_emu.winerror import (ERROR_ALREADY_EXISTS, ERROR_FILE_NOT_FOUND,
                                   ERROR_INVALID_PARAMETER, WinError)
 
@@ -343,7 +343,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
-    """Bring the database up to `len(migrations)` (see httpsys_emu.migrations)."""
+    """Bring the database up to `len(migrations)` (see httpsys_emu.sqlitedb)."""
     try:
         return run_migrations(conn, migrations, after=_bump_generation)
     except SchemaTooNew as exc:
@@ -414,22 +414,9 @@ class Store:
         """
         directory = ensure_state_dir(Path(state_dir))
         path = directory / DB_NAME
-        try:
-            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000,
-                                   isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open state database {path}: {exc}") from None
-        try:
-            # synchronous=FULL: "successfully added" survives power loss
-            mode = prepare_connection(conn, migrations, migrate, BUSY_TIMEOUT_MS)
-            if mode.lower() != "wal":
-                raise StoreError(f"state database {path} cannot use WAL mode ({mode})")
-        except StoreError:
-            conn.close()
-            raise
-        except sqlite3.Error as exc:
-            conn.close()
-            raise StoreError(f"cannot use state database {path}: {exc}") from None
+        # synchronous=FULL: "successfully added" survives power loss
+        conn = open_database(path, migrations, migrate, BUSY_TIMEOUT_MS, "state database",
+                             StoreError)
         return cls(conn, path)
 
     def close(self) -> None:

@@ -13,6 +13,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from httpsys_emu.appdirs import ensure_dir, resolve_dir
+
 ENV_VAR = "OCTOPUS_COMMS_HOME"
 ROOT_DEFAULT = Path("/var/lib/octopus-comms")
 APP_NAME = "octopus-comms"
@@ -29,42 +31,12 @@ def resolve_home(cli_value: str | os.PathLike[str] | None = None,
                  environ: Mapping[str, str] | None = None,
                  euid: int | None = None) -> Path:
     """The home directory to use (neither created nor checked)."""
-    env = os.environ if environ is None else environ
-    if cli_value is not None and str(cli_value) != "":
-        return Path(cli_value).expanduser()
-    if env.get(ENV_VAR):
-        return Path(env[ENV_VAR]).expanduser()
-    uid = os.geteuid() if euid is None else euid
-    if uid == 0:
-        return ROOT_DEFAULT
-    xdg = env.get("XDG_STATE_HOME")
-    if xdg and Path(xdg).is_absolute():  # the XDG spec says relative values are ignored
-        return Path(xdg) / APP_NAME
-    home = env.get("HOME") or str(Path.home())
-    return Path(home) / ".local" / "state" / APP_NAME
+    return resolve_dir(cli_value, ENV_VAR, ROOT_DEFAULT, APP_NAME, environ, euid)
 
 
 def ensure_home(path: str | os.PathLike[str]) -> Path:
     """Create `path` (0700) if needed and check it is a writable directory; HomeError if not."""
-    home = Path(path)
-    try:
-        if home.exists() and not home.is_dir():
-            raise HomeError(f"home directory {home} exists but is not a directory")
-        home.mkdir(mode=HOME_MODE, parents=True, exist_ok=True)
-    except HomeError:
-        raise
-    except PermissionError:
-        raise HomeError(f"cannot create home directory {home}: permission denied") from None
-    except FileExistsError:
-        raise HomeError(f"home directory {home} exists but is not a directory") from None
-    except NotADirectoryError:
-        raise HomeError(f"cannot create home directory {home}: "
-                        "a parent is not a directory") from None
-    except OSError as exc:
-        raise HomeError(f"cannot create home directory {home}: {exc.strerror or exc}") from None
-    if not os.access(home, os.W_OK | os.X_OK):
-        raise HomeError(f"home directory {home} is not writable: permission denied")
-    return home
+    return ensure_dir(path, HOME_MODE, "home directory", HomeError)
 
 
 def db_path(home: str | os.PathLike[str]) -> Path:

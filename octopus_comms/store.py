@@ -29,8 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from httpsys_emu.migrations import Migration, SchemaTooNew, prepare_connection, read_version
-from httpsys_emu.migrations import migrate as run_migrations
+from httpsys_emu.sqlitedb import Migration, SchemaTooNew, open_database, read_version
+from httpsys_emu.sqlitedb import migrate as run_migrations
 
 from octopus_comms.home import db_path, ensure_home
 
@@ -400,7 +400,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
-    """Bring the database up to `len(migrations)` (see httpsys_emu.migrations)."""
+    """Bring the database up to `len(migrations)` (see httpsys_emu.sqlitedb)."""
     try:
         return run_migrations(conn, migrations)
     except SchemaTooNew as exc:
@@ -506,21 +506,11 @@ class Store:
         try:
             if not path.exists():
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, DB_MODE))
-            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000,
-                                   isolation_level=None, check_same_thread=False)
-        except (OSError, sqlite3.Error) as exc:
+        except OSError as exc:
             raise StoreError(f"cannot open comms database {path}: {exc}") from None
-        try:
-            # synchronous=FULL: a created key or task survives a crash
-            mode = prepare_connection(conn, migrations, migrate, BUSY_TIMEOUT_MS)
-            if mode.lower() != "wal":
-                raise StoreError(f"comms database {path} cannot use WAL mode ({mode})")
-        except StoreError:
-            conn.close()
-            raise
-        except sqlite3.Error as exc:
-            conn.close()
-            raise StoreError(f"cannot use comms database {path}: {exc}") from None
+        # synchronous=FULL: a created key or task survives a crash
+        conn = open_database(path, migrations, migrate, BUSY_TIMEOUT_MS, "comms database",
+                             StoreError)
         return cls(conn, path, clock)
 
     def close(self) -> None:

@@ -1,5 +1,5 @@
-"""Schema migrations for our SQLite stores (the front door's state.db, the comms server's
-comms.db): one runner, so both get the same guarantees.
+"""Our SQLite stores (the front door's state.db, the comms server's comms.db): opening, WAL,
+durability and schema migrations in one place, so both get the same guarantees.
 
 `migrations[i]` takes a database from version i to i + 1; append, never edit. Several processes
 may open a fresh database at once: the version is re-read under the write lock, so each step runs
@@ -8,6 +8,7 @@ exactly once, and all of it happens in one transaction.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 
@@ -93,3 +94,27 @@ def prepare_connection(conn: sqlite3.Connection, migrations: Sequence[Migration]
                 conn.execute("ROLLBACK")
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
+
+
+def open_database(path: "os.PathLike[str] | str", migrations: Sequence[Migration],
+                  migrate_fn: Callable[[sqlite3.Connection, Sequence[Migration]], int],
+                  busy_timeout_ms: int, label: str, error: type[Exception]) -> sqlite3.Connection:
+    """A connection in WAL mode with the schema brought up to date; `error` (one line, naming
+    the database as `label`) for anything that goes wrong. Autocommit: the stores open their own
+    transactions."""
+    try:
+        conn = sqlite3.connect(path, timeout=busy_timeout_ms / 1000, isolation_level=None,
+                               check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise error(f"cannot open {label} {path}: {exc}") from None
+    try:
+        mode = prepare_connection(conn, migrations, migrate_fn, busy_timeout_ms)
+        if mode.lower() != "wal":
+            raise error(f"{label} {path} cannot use WAL mode ({mode})")
+    except error:
+        conn.close()
+        raise
+    except sqlite3.Error as exc:
+        conn.close()
+        raise error(f"cannot use {label} {path}: {exc}") from None
+    return conn
