@@ -8,7 +8,6 @@ each, so concurrent tasks never interleave within a line.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 from collections import Counter
@@ -21,22 +20,32 @@ HTTPERR_FIELDS = ("#Fields: date time c-ip c-port s-ip s-port cs-version cs-meth
                   "streamid sc-status s-siteid s-reason s-queuename")
 
 
+_utc_cache: tuple[int, tuple[str, str]] = (-1, ("", ""))
+
+
 def _utc(ts: float) -> tuple[str, str]:
-    t = time.gmtime(ts)
-    return time.strftime("%Y-%m-%d", t), time.strftime("%H:%M:%S", t)
+    """Date and time of day (UTC) of `ts`; formatted once per second, not once per line."""
+    global _utc_cache
+    second = int(ts // 1)
+    cached_second, cached = _utc_cache
+    if second == cached_second:
+        return cached
+    t = time.gmtime(second)
+    result = time.strftime("%Y-%m-%d", t), time.strftime("%H:%M:%S", t)
+    _utc_cache = (second, result)
+    return result
 
 
 def _field(value: object) -> str:
     """One space-free log field; '-' when empty, like W3C logs."""
     if value is None or value == "":
         return "-"
-    text = str(value)
-    if text.isprintable() and _SPACE.search(text) is None:
+    text = value if type(value) is str else str(value)
+    # A printable string's only possible whitespace is U+0020 (every other space character is
+    # non-printable), so this is the "no whitespace, nothing unprintable" test without a regex.
+    if " " not in text and text.isprintable():
         return text                     # the common case, without a per-character loop
     return "".join("+" if c.isspace() else (c if c.isprintable() else "?") for c in text)
-
-
-_SPACE = re.compile(r"\s")
 
 
 class FrontDoorLog:

@@ -17,6 +17,7 @@ import h11
 import trio
 
 from .channel import ClientChannel, ConnectionAbort
+from .headcheck import FIELD_VALUE_BYTES, TOKEN_BYTES, only_bytes_from
 from .limits import Limits
 from .pages import ErrorPage, HttpSysError
 from .request import RequestInfo
@@ -53,15 +54,27 @@ class _Upstream:
     bytes_received: int = 0
 
 
+_VISIBLE_ASCII = bytes(range(0x21, 0x7F))
+# What `quote(path, safe=_PATH_SAFE)` leaves as it is: a path made only of these needs no work.
+_PATH_UNCHANGED = {ord(c): None for c in
+                   "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
+                   + _PATH_SAFE}
+
+
 def _percent_encode_non_ascii(raw: bytes) -> bytes:
     """Bytes outside printable ASCII as %XX (h11 and RFC 9112 want a visible-ASCII target)."""
+    if not raw.translate(None, _VISIBLE_ASCII):
+        return raw                      # the common case, without a per-byte loop
     return b"".join(b if 0x21 <= b[0] <= 0x7E else b"%%%02X" % b[0]
                     for b in (raw[i:i + 1] for i in range(len(raw))))
 
 
 def upstream_target(info: RequestInfo) -> bytes:
     """The request target sent upstream: canonical path re-encoded, raw query kept."""
-    path = quote(info.path, safe=_PATH_SAFE).encode("ascii")
+    if info.path.translate(_PATH_UNCHANGED):
+        path = quote(info.path, safe=_PATH_SAFE).encode("ascii")
+    else:
+        path = info.path.encode("ascii")        # quote() would return it unchanged
     if not info.query:
         return path
     return path + b"?" + _percent_encode_non_ascii(info.query.encode("latin-1"))
@@ -122,6 +135,45 @@ def upstream_headers(info: RequestInfo, body_length: int | None, chunked: bool,
     return out
 
 
+def _h11_would_accept(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+    """True when h11's own regex validation of this request would pass (a cheaper, stricter
+    check with `bytes.translate`): token method and names, field values without CR/LF/NUL or
+    other controls and without surrounding whitespace, a visible-ASCII target."""
+    if not method or not only_bytes_from(method, TOKEN_BYTES):
+        return False
+    if not target or not only_bytes_from(target, _VISIBLE_ASCII):
+        return False
+    for name, value in headers:
+        if not name or not only_bytes_from(name, TOKEN_BYTES):
+            return False
+        if not only_bytes_from(value, FIELD_VALUE_BYTES) or value != value.strip(b" \t"):
+            return False
+    return True
+
+
+def build_upstream_request(method: bytes, target: bytes,
+                           headers: list[tuple[bytes, bytes]]) -> h11.Request:
+    """The h11 request sent upstream; h11's per-header regexes are skipped only when
+    `_h11_would_accept` proved they pass (h11 still checks Host and the framing fields)."""
+    if _H11_TAKES_PARSED:
+        return h11.Request(method=method, target=target, headers=headers,
+                           _parsed=_h11_would_accept(method, target, headers))
+    return h11.Request(method=method, target=target, headers=headers)
+
+
+def _h11_takes_parsed() -> bool:
+    """`_parsed` is h11's private switch for its own validation: use it only where it exists,
+    so a future h11 without it costs speed, never correctness."""
+    try:
+        h11.Request(method=b"GET", target=b"/", headers=[(b"Host", b"x")], _parsed=False)
+    except TypeError:
+        return False
+    return True
+
+
+_H11_TAKES_PARSED = _h11_takes_parsed()
+
+
 def tunnelable_upgrade(info: RequestInfo) -> str | None:
     """The Upgrade value to pass on, or None; `h2c` is never tunnelled."""
     if not info.upgrade:
@@ -159,12 +211,11 @@ class ReverseProxy:
         head = channel.head
         upgrade = tunnelable_upgrade(info)
         has_body = not channel.body_done
-        request = h11.Request(
-            method=head.method.encode("ascii"), target=upstream_target(info),
-            headers=upstream_headers(info,
-                                     head.content_length if has_body and not head.chunked
-                                     else None,
-                                     has_body and head.chunked, upgrade))
+        request = build_upstream_request(
+            head.method.encode("ascii"), upstream_target(info),
+            upstream_headers(info,
+                             head.content_length if has_body and not head.chunked else None,
+                             has_body and head.chunked, upgrade))
         for attempt in (1, 2):
             up = await self._open(target)
             reusable = False
@@ -189,16 +240,31 @@ class ReverseProxy:
     async def _exchange(self, channel: ClientChannel, up: _Upstream, request: h11.Request,
                         limits: Limits, upgrading: bool) -> bool:
         """Request out, body pumped alongside, response relayed; True if `up` is reusable."""
+        data = up.conn.send(request)
+        no_body = channel.body_done
+        if no_body:
+            # Nothing to pump: the end of the message (b"" without a body; chunked requests
+            # always have a body to read) goes with the head, and no body task is started.
+            data += up.conn.send(h11.EndOfMessage())
+        scope = trio.CancelScope(deadline=trio.current_time() + limits.upstream_response_timeout)
         try:
-            with trio.fail_after(limits.upstream_response_timeout):
-                await up.stream.send_all(up.conn.send(request))
-        except trio.TooSlowError:
-            raise UpstreamUnavailable("upstream does not take the request") from None
+            with scope:
+                await up.stream.send_all(data)
         except _UPSTREAM_ERRORS as exc:
             if up.reused:
                 raise _StaleConnection(f"pooled upstream connection failed: {exc}") from None
             raise UpstreamUnavailable(f"upstream failed: {exc}") from None
+        if scope.cancelled_caught:
+            raise UpstreamUnavailable("upstream does not take the request")
         channel.auto_continue = False      # the upstream's own 100 Continue is relayed
+        if no_body:
+            ok = await self._relay_response(channel, up, limits, upgrading)
+            if channel.switched or not channel.body_done:
+                if not channel.switched:
+                    channel.keep_alive = False
+                return False
+            return (ok and up.conn.our_state is h11.DONE and up.conn.their_state is h11.DONE
+                    and not up.conn.trailing_data[0])
         client_failure: list[BaseException] = []
         body_complete = [channel.body_done]
 
@@ -222,13 +288,7 @@ class ReverseProxy:
         outcome: BaseException | None = None
         ok = False
         async with trio.open_nursery() as nursery:
-            if channel.body_done:
-                try:
-                    await up.stream.send_all(up.conn.send(h11.EndOfMessage()))
-                except _UPSTREAM_ERRORS:
-                    pass                # an early close shows up as a missing response
-            else:
-                nursery.start_soon(pump_body)
+            nursery.start_soon(pump_body)
             try:
                 ok = await self._relay_response(channel, up, limits, upgrading)
             except Exception as exc:    # re-raised below, outside the nursery (no group)

@@ -8,6 +8,7 @@ take and what the application gave.
 from __future__ import annotations
 
 import enum
+import time
 from email.utils import formatdate
 from http import HTTPStatus
 
@@ -25,6 +26,19 @@ class Framing(enum.Enum):
     LENGTH = "length"        # Content-Length
     CHUNKED = "chunked"      # Transfer-Encoding: chunked (HTTP/1.1 clients only)
     CLOSE = "close"          # body ends when the connection closes (HTTP/1.0 clients)
+
+
+_date_cache: tuple[int, str] = (-1, "")
+
+
+def http_date() -> str:
+    """The `Date` value for now (IMF-fixdate); formatted once per second, not per response."""
+    global _date_cache
+    now = time.time()
+    second = int(now // 1)
+    if _date_cache[0] != second:
+        _date_cache = (second, formatdate(second, usegmt=True))
+    return _date_cache[1]
 
 
 def reason_phrase(status: int) -> str:
@@ -56,7 +70,8 @@ def format_head(status: int, headers: list[tuple[str, str]], *, reason: str | No
     """Status line and header block, CRLF-terminated; values are checked for CR/LF."""
     lines = [f"HTTP/{version} {status} {reason or reason_phrase(status)}"]
     for name, value in headers:
-        if any(c in name for c in "\r\n:") or any(c in value for c in "\r\n\0"):
+        if ("\r" in name or "\n" in name or ":" in name
+                or "\r" in value or "\n" in value or "\0" in value):
             raise ValueError(f"header {name!r} carries a line break or NUL")
         lines.append(f"{name}: {value}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -91,7 +106,7 @@ def build_response_head(method: str, status: int, headers: list[tuple[str, str]]
     if not has_server:
         out.append(("Server", SERVER_HEADER))
     if not has_date:
-        out.append(("Date", formatdate(usegmt=True)))
+        out.append(("Date", http_date()))
     if framing is Framing.LENGTH:
         out.append(("Content-Length", str(content_length)))
     elif framing is Framing.CHUNKED:

@@ -17,6 +17,7 @@ import enum
 import itertools
 import socket
 import struct
+import weakref
 from typing import TYPE_CHECKING
 
 import trio
@@ -39,6 +40,20 @@ if TYPE_CHECKING:
 _connection_ids = itertools.count(1)
 DRAIN_LINGER = 0.25          # shutting down: linger only briefly after the last response
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+# Registration -> (route, target) as the access log writes them; both are immutable, so the
+# strings are formatted once per registration instead of once per request.
+_LOG_NAMES: "weakref.WeakKeyDictionary[Registration, tuple[str, str]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def _log_names(registration: Registration) -> tuple[str, str]:
+    names = _LOG_NAMES.get(registration)
+    if names is None:
+        names = (str(registration.prefix), str(registration.target))
+        _LOG_NAMES[registration] = names
+    return names
 
 
 def plain_ip(address: str) -> str:
@@ -77,6 +92,7 @@ class ConnectionHandler:
         remote = tcp.socket.getpeername()
         self.local_ip, self.local_port = plain_ip(local[0]), int(local[1])
         self.remote_ip, self.remote_port = plain_ip(remote[0]), int(remote[1])
+        self._log_client = f"{self.remote_ip}:{self.remote_port}"
         self.connection_id = next(_connection_ids)
         self.cancel_scope = trio.CancelScope()
         self.in_request = False
@@ -286,11 +302,11 @@ class ConnectionHandler:
 
     def _access(self, info: RequestInfo, registration: Registration, status: int,
                 channel: ClientChannel, started: float) -> None:
+        route, target = _log_names(registration)
         self.door.log.access(
-            client=f"{self.remote_ip}:{self.remote_port}", host=info.host, method=info.method,
+            client=self._log_client, host=info.host, method=info.method,
             path=info.path, status=status, nbytes=channel.response_bytes,
-            duration=trio.current_time() - started, route=str(registration.prefix),
-            target=str(registration.target))
+            duration=trio.current_time() - started, route=route, target=target)
 
     async def _deliver(self, registration: Registration, info: RequestInfo,
                        channel: ClientChannel) -> None:

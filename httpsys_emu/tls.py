@@ -216,14 +216,18 @@ class TLSStream(trio.abc.Stream):
         chunks = []
         while True:
             try:
-                chunks.append(self._conn.bio_read(_BIO_READ_SIZE))
+                chunk = self._conn.bio_read(_BIO_READ_SIZE)
             except SSL.WantReadError:
                 break
-        return b"".join(chunks)
+            chunks.append(chunk)
+            if len(chunk) < _BIO_READ_SIZE:
+                break       # a memory BIO returns all it holds up to the size asked: now empty
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _send_transport(self, data: bytes) -> None:
         """Send under the FIFO lock; the caller took `data` out of the BIO without yielding."""
-        async with self._send_lock:
+        await _take_lock(self._send_lock)
+        try:
             if self._delayed_outgoing:
                 data, self._delayed_outgoing = self._delayed_outgoing + data, b""
             try:
@@ -232,11 +236,14 @@ class TLSStream(trio.abc.Stream):
                 # An unknown part of the records went out: the stream cannot continue.
                 self._state = _State.BROKEN
                 raise
+        finally:
+            self._send_lock.release()
 
     async def _receive_transport(self) -> None:
         """Feed the incoming BIO once, unless another task did so while we queued for the lock."""
         count = self._receive_count
-        async with self._receive_lock:
+        await _take_lock(self._receive_lock)
+        try:
             if count != self._receive_count:
                 return
             try:
@@ -249,6 +256,8 @@ class TLSStream(trio.abc.Stream):
             else:
                 self._conn.bio_shutdown()
             self._receive_count += 1
+        finally:
+            self._receive_lock.release()
 
     async def _drive(self, operation: Callable[[], T], *, handshake: bool = False) -> T:
         """Run `operation` until it completes, moving records between the BIOs and the transport.
@@ -470,6 +479,16 @@ class TLSStream(trio.abc.Stream):
                             pass
         finally:
             await self.transport_stream.aclose()
+
+
+async def _take_lock(lock: trio.Lock) -> None:
+    """Take a free lock at once, without the extra trip through the scheduler that
+    `lock.acquire()` makes (the transport call that follows is the checkpoint); queue for it
+    (FIFO) when it is held or others wait."""
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()
 
 
 def _socket_local_address(stream: trio.abc.Stream) -> tuple[str, int] | None:
