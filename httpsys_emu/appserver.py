@@ -25,7 +25,6 @@ from .response_writer import HOP_BY_HOP
 from .urlprefix import parse_prefix
 
 _ids = itertools.count(1)
-MAX_BODY_PIECE = 65536
 
 
 def _split_address(text: str | None) -> tuple[str, int]:
@@ -95,7 +94,6 @@ class H11Channel:
         self.body_done = False
         self.switched = False
         self.status: int | None = None
-        self._pending_event: Any = None
 
     async def _next_event(self) -> Any:
         while True:

@@ -15,7 +15,7 @@ import trio
 from .bufstream import PushbackStream
 from .limits import Limits
 from .pages import ErrorPage, HttpSysError
-from .request_head import ChunkedDecoder, RequestHead
+from .request_head import ChunkedDecoder, ContentLengthBody, RequestHead
 from .response_writer import LAST_CHUNK, Framing, build_response_head, chunk, format_head
 
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -53,8 +53,9 @@ class ClientChannel:
         self._closing = closing
         self._on_switch = on_switch
         self.keep_alive = head.keep_alive
-        self._remaining = head.content_length if not head.chunked else None
-        self._decoder = ChunkedDecoder() if head.chunked else None
+        # One body decoder per framing, both from the pure core; the loop below serves both.
+        self._decoder: ChunkedDecoder | ContentLengthBody = (
+            ChunkedDecoder() if head.chunked else ContentLengthBody(head.content_length or 0))
         self.body_done = not head.chunked and not head.content_length
         self.body_bytes_read = 0
         self._continue_sent = False
@@ -92,16 +93,6 @@ class ClientChannel:
             return b""
         if self.auto_continue:
             await self.send_continue()
-        if self._decoder is None:
-            assert self._remaining is not None
-            data = await self._receive()
-            if len(data) > self._remaining:
-                self.stream.unread(data[self._remaining:])
-                data = data[: self._remaining]
-            self._remaining -= len(data)
-            self.body_done = self._remaining == 0
-            self._count(len(data))
-            return data
         while True:
             event = self._decoder.next_event()
             if isinstance(event, (bytes, bytearray)):
@@ -109,7 +100,7 @@ class ClientChannel:
                     self._count(len(event))
                     return bytes(event)
                 continue
-            if event is not None:          # end of the chunked body
+            if event is not None:          # the end of the body
                 self.stream.unread(self._decoder.take_remaining())
                 self.body_done = True
                 return b""

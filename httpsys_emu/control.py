@@ -19,7 +19,7 @@ import trio
 from . import control_protocol as proto
 from .metrics import render_metrics
 from .registry import Owner
-from .upstream import UpstreamTarget
+from .store import ForwardTarget
 from .urlprefix import UrlPrefix, parse_prefix
 from .winerror import ERROR_ACCESS_DENIED, ERROR_INVALID_PARAMETER, WinError
 
@@ -47,9 +47,9 @@ def user_name(uid: int) -> str:
         return f"uid:{uid}"
 
 
-def check_delivery_target(text: str, uid: int) -> UpstreamTarget:
+def check_delivery_target(text: str, uid: int) -> ForwardTarget:
     """A registered process may deliver only to loopback or to a Unix socket it owns."""
-    target = UpstreamTarget.parse(text)
+    target = ForwardTarget.parse(text)
     if target.unix_path is None:
         host = (target.host or "").lower()
         if host not in _LOOPBACK_HOSTS and not host.startswith("127."):

@@ -12,6 +12,7 @@ closing a listener (an `iplisten` change, a removed binding, SIGTERM) never cuts
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ from collections import Counter
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Mapping
+from typing import Any, AsyncIterator, Mapping
 
 import trio
 
@@ -33,10 +34,10 @@ from .proxy import ReverseProxy
 from .registry import Owner, Registration, Target
 from .routing import RouteTable
 from .server import ConnectionHandler
-from .store import SslCertBinding, Store
+from .store import ForwardTarget, SslCertBinding, Store
 from .tls import TLSStream
 from .tlsconfig import Binding, CertificateSelector, server_context, switching_context
-from .upstream import UpstreamPool, UpstreamTarget
+from .upstream import UpstreamPool
 from .urlacl import UrlAcl
 from .urlprefix import UrlPrefix, parse_prefix
 from .winerror import ERROR_FILE_NOT_FOUND, WinError
@@ -54,7 +55,7 @@ class Snapshot:
     bindings: list[SslCertBinding]
     iplisten: list[str]
     reservations: list[tuple[UrlPrefix, UrlAcl]]
-    forwards: list[tuple[UrlPrefix, UpstreamTarget]]
+    forwards: list[tuple[UrlPrefix, ForwardTarget]]
 
     @property
     def ports(self) -> set[int]:
@@ -188,22 +189,35 @@ class FrontDoor:
     def _client_cert_ports(self) -> set[int]:
         return {reg.prefix.port for reg in self._live.values() if reg.client_cert}
 
-    def _context_for(self, row: SslCertBinding, request_client_cert: bool,
+    def _context_for(self, thumbprint: str, store_name: str, request_client_cert: bool,
                      cache: dict[tuple[str, str, bool, int], Any]) -> Any:
-        """The server context for one binding, cached until the certificate file changes."""
-        assert row.certhash is not None
-        cert_path = self.certs.root / row.store_name / f"{row.certhash}.pem"
+        """The server context for one certificate, cached until its file changes."""
+        cert_path = self.certs.root / store_name / f"{thumbprint}.pem"
         try:
             mtime = cert_path.stat().st_mtime_ns
         except OSError:
             mtime = 0
-        key = (row.certhash, row.store_name, request_client_cert, mtime)
+        key = (thumbprint, store_name, request_client_cert, mtime)
         ctx = self._context_cache.get(key)
         if ctx is None:
-            cert_pem, key_pem = self.certs.load_pair(row.certhash, row.store_name)
+            cert_pem, key_pem = self.certs.load_pair(thumbprint, store_name)
             ctx = server_context(cert_pem, key_pem, request_client_cert=request_client_cert)
         cache[key] = ctx
         return ctx
+
+    def _central_store_names(self, store_name: str) -> dict[str, str]:
+        """`ccs=PORT`: the certificates of a store by the DNS names they carry (lower case), the
+        one that expires last winning a name; expired ones and those without a key are left out.
+        Read on every reload (a SIGHUP after `cert import` picks up a new one)."""
+        now = dt.datetime.now(dt.timezone.utc)
+        by_name: dict[str, str] = {}
+        usable = [c for c in self.certs.list(store_name)
+                  if c.has_private_key and c.not_after > now]
+        for cert in sorted(usable, key=lambda c: c.not_after):
+            for name in cert.dns_names:
+                if not name.startswith("*."):
+                    by_name[name.lower().rstrip(".")] = cert.thumbprint
+        return by_name
 
     def _rebuild_selector(self) -> None:
         if self.snapshot is None:
@@ -212,15 +226,20 @@ class FrontDoor:
         bindings: list[Binding] = []
         cache: dict[tuple[str, str, bool, int], Any] = {}
         for row in self.snapshot.bindings:
-            if row.certhash is None:
-                continue          # ccs: no central certificate store on Linux yet
             port = row.key.port
-            try:
-                ctx = self._context_for(row, row.client_cert_negotiation or port in wants, cache)
-            except Exception as exc:          # a missing or broken certificate skips one binding
-                self.log.info(f"binding {row.key.kind.value}={row.key} unusable: {exc}")
-                continue
+            client_cert = row.client_cert_negotiation or port in wants
             kind = row.key.kind.value
+            try:
+                if row.certhash is None:        # ccs: the certificate is chosen by SNI name
+                    for name, thumbprint in self._central_store_names(row.store_name).items():
+                        ctx = self._context_for(thumbprint, row.store_name, client_cert, cache)
+                        bindings.append(Binding(kind="ccs", ip=None, hostname=name, port=port,
+                                                context=ctx))
+                    continue
+                ctx = self._context_for(row.certhash, row.store_name, client_cert, cache)
+            except Exception as exc:          # a missing or broken certificate skips one binding
+                self.log.info(f"binding {kind}={row.key} unusable: {exc}")
+                continue
             bindings.append(Binding(kind=kind,  # type: ignore[arg-type]
                                     ip=row.key.host if kind == "ipport" else None,
                                     hostname=row.key.host if kind == "hostnameport" else None,
@@ -467,7 +486,7 @@ class FrontDoor:
             except Exception as exc:            # a bad store row must not stop the daemon
                 self.log.info(f"reload failed: {exc!r}")
 
-    def _delivery_targets(self) -> set[UpstreamTarget]:
+    def _delivery_targets(self) -> set[ForwardTarget]:
         targets = {reg.target for reg in self._live.values()
                    if not isinstance(reg.target, HandlerTarget)}
         if self.snapshot is not None:
@@ -547,6 +566,3 @@ async def running_front_door(state_dir: str | Path, **kwargs: Any) -> AsyncItera
         finally:
             nursery.cancel_scope.cancel()
 
-
-def iter_registrations(door: FrontDoor) -> Iterable[Registration]:
-    return door.registrations()

@@ -22,7 +22,8 @@ from .limits import Limits
 from .pages import ErrorPage, HttpSysError
 from .request import RequestInfo
 from .response_writer import HOP_BY_HOP
-from .upstream import UpstreamPool, UpstreamTarget, _close_quietly
+from .store import ForwardTarget
+from .upstream import UpstreamPool, _close_quietly
 
 # Headers only the front door may set: removed from what the client sent, then set again.
 FRONT_DOOR_HEADERS = frozenset({
@@ -190,7 +191,7 @@ class ReverseProxy:
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
 
-    async def _open(self, target: UpstreamTarget) -> _Upstream:
+    async def _open(self, target: ForwardTarget) -> _Upstream:
         try:
             stream, reused = await self.pool.acquire(target)
         except (OSError, trio.TooSlowError) as exc:
@@ -201,7 +202,7 @@ class ReverseProxy:
     def _unavailable(detail: str) -> HttpSysError:
         return HttpSysError(ErrorPage.SERVICE_UNAVAILABLE, "AppOffline", detail)
 
-    async def forward(self, info: RequestInfo, channel: ClientChannel, target: UpstreamTarget,
+    async def forward(self, info: RequestInfo, channel: ClientChannel, target: ForwardTarget,
                       limits: Limits) -> None:
         """Forward one request.
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from .handlers import HandlerTarget
-from .upstream import UpstreamTarget
+from .store import ForwardTarget
 from .urlprefix import UrlPrefix
 
-Target = Union[HandlerTarget, UpstreamTarget]
+Target = Union[HandlerTarget, ForwardTarget]
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,6 @@ import trio
 
 from .store import ForwardTarget
 
-# A delivery address is the store's ForwardTarget: one parser for `add forward` and the
-# control socket's `deliver=`.
-UpstreamTarget = ForwardTarget
-
-
 def _socket_is_reusable(sock: trio.socket.SocketType) -> bool:
     """An idle connection is reusable only while nothing is readable on it: a readable idle
     socket means the peer closed it (EOF, reset) or sent bytes nobody asked for."""
@@ -44,11 +39,11 @@ class UpstreamPool:
         self.max_idle = max_idle_per_target
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
-        self._idle: dict[UpstreamTarget, list[tuple[trio.SocketStream, float]]] = {}
+        self._idle: dict[ForwardTarget, list[tuple[trio.SocketStream, float]]] = {}
         self.connects = 0
         self.reuses = 0
 
-    async def acquire(self, target: UpstreamTarget) -> tuple[trio.SocketStream, bool]:
+    async def acquire(self, target: ForwardTarget) -> tuple[trio.SocketStream, bool]:
         """A connection to `target` and whether it came from the pool.
 
         OSError when the target refuses, trio.TooSlowError when connecting takes too long.
@@ -72,7 +67,7 @@ class UpstreamPool:
         self.connects += 1
         return stream, False
 
-    async def release(self, target: UpstreamTarget, stream: trio.SocketStream) -> None:
+    async def release(self, target: ForwardTarget, stream: trio.SocketStream) -> None:
         """Give a connection whose last exchange completed cleanly back to the pool."""
         idle = self._idle.setdefault(target, [])
         if len(idle) >= self.max_idle:
@@ -80,7 +75,7 @@ class UpstreamPool:
         else:
             idle.append((stream, trio.current_time()))
 
-    async def expire(self, keep: set[UpstreamTarget] | None = None) -> None:
+    async def expire(self, keep: set[ForwardTarget] | None = None) -> None:
         """Close idle connections past `idle_timeout`, and all to targets not in `keep`."""
         now = trio.current_time()
         for target in list(self._idle):

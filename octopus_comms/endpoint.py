@@ -11,7 +11,7 @@ import logging
 from httpsys_emu.handlers import HandlerRequest
 
 from .polling import LiveAgents, TrustLookup, serve_polling
-from .queue import PendingRequestQueues
+from .queue import KEEPALIVE_INTERVAL, PendingRequestQueues
 from .wshandshake import (OCTOPUS_SUBPROTOCOL, UpgradeRefused, accept_headers, check_upgrade,
                           is_upgrade_request)
 from .wsstream import HalibutWebSocket
@@ -35,7 +35,7 @@ class CommsEndpoint:
     """Handles requests on the commsListenWebSocket prefix."""
 
     def __init__(self, *, trust: TrustLookup, queues: PendingRequestQueues, live: LiveAgents,
-                 node: str = "node-1", keepalive: float = 30.0) -> None:
+                 node: str = "node-1", keepalive: float = KEEPALIVE_INTERVAL) -> None:
         self.trust = trust
         self.queues = queues
         self.live = live

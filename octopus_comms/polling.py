@@ -18,7 +18,7 @@ import trio
 from .halibut import exchange as ex
 from .halibut.errors import HalibutError
 from .halibut.framing import NEED_DATA
-from .queue import PendingRequest, PendingRequestQueues, SubscriptionQueue
+from .queue import KEEPALIVE_INTERVAL, PendingRequest, PendingRequestQueues, SubscriptionQueue
 from .wsstream import HalibutWebSocket, WebSocketClosed
 
 log = logging.getLogger("octopus_comms.polling")
@@ -82,10 +82,6 @@ class LiveAgents:
         return len(self._connections)
 
 
-class PollingRefused(Exception):
-    """The connection was closed before the exchange began; `reason` is logged."""
-
-
 async def _next(exchange: ex.ServerExchange, ws: HalibutWebSocket) -> object:
     """The exchange's next event, reading from the WebSocket within the timeout it names."""
     while True:
@@ -123,7 +119,7 @@ async def _collect_unless(queue: SubscriptionQueue, wait: float, collector: str,
 
 async def serve_polling(ws: HalibutWebSocket, *, thumbprint: str | None, trust: TrustLookup,
                         queues: PendingRequestQueues, live: LiveAgents, node: str, remote: str,
-                        keepalive: float = 30.0, shutdown: trio.Event | None = None) -> None:
+                        keepalive: float = KEEPALIVE_INTERVAL, shutdown: trio.Event | None = None) -> None:
     """Run one polling connection to its end; never raises for a peer's misbehaviour.
 
     When `shutdown` is set (the front door is draining) the loop stops between requests and

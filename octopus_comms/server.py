@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import socket
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -20,13 +21,16 @@ import trio
 
 from httpsys_emu import control_client
 from httpsys_emu.handlers import HandlerRequest
+from httpsys_emu.statedir import StateDirError
+from httpsys_emu.store import Store as FrontDoorStore
+from httpsys_emu.store import StoreError
 from httpsys_emu.urlprefix import parse_prefix
 from httpsys_emu.winerror import WinError
 
 from .api import Api, ApiRequest
 from .endpoint import CommsEndpoint
 from .polling import LiveAgents, TrustedAgent
-from .queue import PendingRequestQueues
+from .queue import KEEPALIVE_INTERVAL, PendingRequestQueues
 from .settings import ServerSettings, load_settings, update_settings
 from .store import Store
 from .tasks import ScriptTaskRunner
@@ -63,14 +67,9 @@ def default_web_prefixes(settings: ServerSettings) -> list[str]:
     return prefixes
 
 
-def binding_thumbprint(state_dir: Path, port: int) -> str | None:
+def binding_thumbprint(store: FrontDoorStore, port: int) -> str | None:
     """The certificate bound to `port` in the front door's configuration (what agents trust)."""
-    from httpsys_emu.store import Store as FrontDoorStore
-    try:
-        with FrontDoorStore.open(state_dir) as store:
-            bindings = [b for b in store.list_sslcerts() if b.key.port == port and b.certhash]
-    except Exception:
-        return None
+    bindings = [b for b in store.list_sslcerts() if b.key.port == port and b.certhash]
     bindings.sort(key=lambda b: (b.key.kind.value != "ipport",
                                  b.key.host not in ("0.0.0.0", "::")))
     return bindings[0].certhash if bindings else None
@@ -80,7 +79,7 @@ class CommsServer:
     """Owns the store, the queues, the task runner and the handlers."""
 
     def __init__(self, home: Path, state_dir: Path, *, node: str | None = None,
-                 keepalive: float = 30.0, collection_timeout: float | None = None,
+                 keepalive: float = KEEPALIVE_INTERVAL, collection_timeout: float | None = None,
                  comms_prefixes: tuple[str, ...] | None = None) -> None:
         self.home = Path(home)
         self.state_dir = Path(state_dir)
@@ -102,24 +101,29 @@ class CommsServer:
         self.live = LiveAgents()
         self.keepalive = keepalive
         self.collection_timeout = collection_timeout
-        comms_port = parse_prefix(self.settings.comms_listen_websocket[0]).port
-        self.thumbprint = binding_thumbprint(self.state_dir, comms_port)
+        self.comms_port = parse_prefix(self.settings.comms_listen_websocket[0]).port
+        self.front_door_store: FrontDoorStore | None = None
+        try:
+            self.front_door_store = FrontDoorStore.open(self.state_dir)
+            self.thumbprint = binding_thumbprint(self.front_door_store, self.comms_port)
+        except (StoreError, StateDirError) as exc:
+            log.warning("cannot read the front door's bindings in %s: %s", self.state_dir, exc)
+            self.thumbprint = None
         self.runner: ScriptTaskRunner | None = None
         self.api: Api | None = None
         self.endpoint = CommsEndpoint(trust=self.trust, queues=self.queues, live=self.live,
                                       node=self.node, keepalive=keepalive)
         self.registered = trio.Event()
+        self._handlers: dict[Any, Handler] = {}
         from .portal import Portal
         self.portal = Portal(self)          # one instance: it holds the login sessions
 
     # -- trust -------------------------------------------------------------------------------------
     def trust(self, thumbprint: str) -> TrustedAgent | None:
-        wanted = thumbprint.upper()
-        for machine in self.store.list_machines(None):
-            if machine.thumbprint.upper() == wanted and not machine.is_disabled:
-                return TrustedAgent(machine.id, machine.name, machine.thumbprint,
-                                    machine.uri or None)
-        return None
+        machine = self.store.trusted_machine(thumbprint)
+        if machine is None:
+            return None
+        return TrustedAgent(machine.id, machine.name, machine.thumbprint, machine.uri or None)
 
     # -- handlers ---------------------------------------------------------------------------------
     async def api_handler(self, request: HandlerRequest) -> None:
@@ -145,6 +149,7 @@ class CommsServer:
                               b"" if info.method == "HEAD" else response.body)
 
     def routes(self) -> list[Route]:
+        """What this server serves; built when it starts (see `_start`)."""
         routes = [Route(p, self.endpoint, True) for p in self.settings.comms_listen_websocket]
         routes += [Route(p, self.api_handler, False) for p in default_web_prefixes(self.settings)]
         from .portal import portal_route_prefix
@@ -165,10 +170,18 @@ class CommsServer:
         """Follow the front door's certificate: the API's certificate document and the
         published ApiThumbprint must name the certificate agents will see, also after
         `httpsys-emu add sslcert` replaced it."""
-        port = parse_prefix(self.settings.comms_listen_websocket[0]).port
+        store = self.front_door_store
+        if store is None:
+            return
+        port = self.comms_port
+        seen = store.generation()
         while True:
             await trio.sleep(1.0)
-            current = await trio.to_thread.run_sync(binding_thumbprint, self.state_dir, port)
+            generation = store.generation()       # one small read; the bindings only on change
+            if generation == seen:
+                continue
+            seen = generation
+            current = await trio.to_thread.run_sync(binding_thumbprint, store, port)
             if current and current != self.thumbprint:
                 log.info("the front door's certificate for port %d is now %s", port, current)
                 self.thumbprint = current
@@ -176,7 +189,10 @@ class CommsServer:
                     self.api.server_thumbprint = current
                 self._publish_api_url()
 
-    def _start(self, nursery: trio.Nursery) -> None:
+    def _start(self, nursery: trio.Nursery) -> list[Route]:
+        """Start the runner and the watchers; the routes, fixed for this run."""
+        routes = self.routes()
+        self._handlers = {parse_prefix(r.prefix): r.handler for r in routes}
         nursery.start_soon(self._watch_binding)
         self.runner = ScriptTaskRunner(self.store, self.queues, nursery,
                                        collection_timeout=self.collection_timeout)
@@ -184,22 +200,25 @@ class CommsServer:
                        server_node=self.node)
         self.runner.resume_queued()
         self._publish_api_url()
+        return routes
 
     # -- the two modes ---------------------------------------------------------------------------
     async def run_embedded(self, *, task_status: Any = trio.TASK_STATUS_IGNORED,
                            handle_signals: bool = False) -> None:
         from httpsys_emu.frontdoor import FrontDoor
-        async with trio.open_nursery() as nursery:
-            self._start(nursery)
+        async with trio.open_nursery() as nursery, AsyncExitStack() as registrations:
+            routes = self._start(nursery)
             door = FrontDoor(self.state_dir)
             await nursery.start(lambda task_status: door.run(handle_signals=handle_signals,
                                                              task_status=task_status))
-            async with _registered_handlers(door, self.routes()):
-                log.info("serving %s (embedded front door)",
-                         ", ".join(r.prefix for r in self.routes()))
-                self.registered.set()
-                task_status.started(self)
-                await trio.sleep_forever()
+            for route in routes:
+                await registrations.enter_async_context(door.register_handler(
+                    route.prefix, route.handler, name=route.prefix,
+                    client_cert=route.client_cert))
+            log.info("serving %s (embedded front door)", ", ".join(r.prefix for r in routes))
+            self.registered.set()
+            task_status.started(self)
+            await trio.sleep_forever()
 
     async def run_registered(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         from httpsys_emu.appserver import AppServer
@@ -207,14 +226,14 @@ class CommsServer:
                                  else f"comms-{_safe(self.node)}.sock")
         app = AppServer(self._dispatch, log=lambda m: log.warning("%s", m))
         async with trio.open_nursery() as nursery:
-            self._start(nursery)
+            routes = self._start(nursery)
             await nursery.start(lambda task_status: app.serve_unix(sock_path, mode=0o666,
                                                                    task_status=task_status))
             started = False
             while True:
                 try:
                     async with control_client.connect(self.state_dir) as control:
-                        for route in self.routes():
+                        for route in routes:
                             try:
                                 await control.register(route.prefix,
                                                        deliver=f"unix:{sock_path}",
@@ -222,7 +241,7 @@ class CommsServer:
                             except WinError as exc:
                                 raise ServeError(_refusal(route.prefix, exc)) from None
                         log.info("registered %s with the front door",
-                                 ", ".join(r.prefix for r in self.routes()))
+                                 ", ".join(r.prefix for r in routes))
                         self.registered.set()
                         if not started:
                             started = True
@@ -238,15 +257,16 @@ class CommsServer:
 
     async def _dispatch(self, request: HandlerRequest) -> None:
         """Requests from the front door's forward: pick the handler by the matched prefix."""
-        matched = request.info.prefix
-        for route in self.routes():
-            if parse_prefix(route.prefix) == matched:
-                await route.handler(request)
-                return
+        handler = self._handlers.get(request.info.prefix)
+        if handler is not None:
+            await handler(request)
+            return
         await request.respond(404, [("Content-Type", "text/plain")], b"Not Found\n")
 
     def close(self) -> None:
         self.store.close()
+        if self.front_door_store is not None:
+            self.front_door_store.close()
 
 
 def _refusal(prefix: str, exc: WinError) -> str:
@@ -262,26 +282,6 @@ def _refusal(prefix: str, exc: WinError) -> str:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40]
-
-
-class _registered_handlers:
-    """Register every route with an in-process front door for the duration of a block."""
-
-    def __init__(self, door: Any, routes: list[Route]) -> None:
-        self.door = door
-        self.routes = routes
-        self._stack: Any = None
-
-    async def __aenter__(self) -> None:
-        from contextlib import AsyncExitStack
-        self._stack = AsyncExitStack()
-        for route in self.routes:
-            await self._stack.enter_async_context(
-                self.door.register_handler(route.prefix, route.handler,
-                                           name=route.prefix, client_cert=route.client_cert))
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._stack.aclose()
 
 
 def serve(home: Path, state_dir: Path, *, embedded: bool, node: str | None = None,

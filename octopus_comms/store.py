@@ -871,6 +871,15 @@ class Store:
                                 "AND communication_style = 'TentacleActive'").fetchall()
         return frozenset(r[0] for r in rows)
 
+    def trusted_machine(self, thumbprint: str) -> Machine | None:
+        """The enabled polling machine with this client-certificate thumbprint (indexed look-up,
+        done for every polling connection before anything else is read)."""
+        with self._read() as conn:
+            row = conn.execute(f"SELECT {_MACHINE_COLUMNS} FROM machines WHERE thumbprint = ? "
+                               "AND is_disabled = 0 AND communication_style = 'TentacleActive' "
+                               "ORDER BY id LIMIT 1", (thumbprint.upper(),)).fetchone()
+        return None if row is None else _machine(row)
+
     def set_machine_health(self, machine_id: str, health: Mapping[str, Any]) -> Machine:
         """Replace the machine's health document (HealthStatus, StatusSummary, LastSeen, …)."""
         machine = self.get_machine(machine_id)

@@ -38,7 +38,6 @@ class HalibutWebSocket:
         self.ws = ws
         self.max_frame = max_frame
         self._send_lock = trio.Lock()
-        self._started_binary = False
         self._frame_bytes = 0
         self._events: list[Any] = []
         self._closed: WebSocketClosed | None = None

@@ -9,46 +9,30 @@ service through the queue, and an agent that pins the wrong server thumbprint.
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
 import trio
 
-from httpsys_emu.certstore import CertStore
-from httpsys_emu.store import SslCertBinding, SslKey, Store as FrontDoorStore
 from octopus_comms.api import ApiRequest
 from octopus_comms.auth import create_api_key
 from octopus_comms.rpc import AgentClient
 from octopus_comms.server import CommsServer
-from octopus_comms.settings import ServerSettings, save_settings
 from octopus_comms.store import MachineSpec, Store
 from tentacle.agent import run_agent
 from tentacle.config import TentacleConfig, TrustedServer
+from tests.comms_fixtures import make_comms_site
 from tests.certs import make_certificate
 
-APPID = "{00112233-4455-6677-8899-aabbccddeeff}"
 SUBSCRIPTION = "poll://qwertyuiopasdfghjklz/"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def world(tmp_path: Path):
-    state, home, agent_home = tmp_path / "state", tmp_path / "home", tmp_path / "agent"
-    for d in (state, home, agent_home):
-        d.mkdir()
-    port = free_port()
-    info = CertStore(state).new_self_signed("CN=localhost", ["localhost"], "rsa2048", 30)
-    with FrontDoorStore.open(state) as fd:
-        fd.add_sslcert(SslCertBinding(SslKey.ipport("0.0.0.0", port), info.thumbprint, APPID))
-        fd.add_iplisten("127.0.0.1")
-    save_settings(home, ServerSettings(
-        comms_listen_websocket=(f"https://+:{port}/OctopusComms/",)))
+    site = make_comms_site(tmp_path)
+    state, home, port = site.state, site.home, site.port
+    agent_home = tmp_path / "agent"
+    agent_home.mkdir()
     agent_cert = make_certificate("Octopus Tentacle", client=True)
     with Store.open(home) as store:
         env = store.create_environment("Dev")
@@ -67,7 +51,7 @@ def world(tmp_path: Path):
                                            SUBSCRIPTION),),
             polling_connection_count=1, no_listen=True, listen_port=10933, extra={})
 
-    return state, home, key, info.thumbprint, agent_config, agent_home
+    return state, home, key, site.thumbprint, agent_config, agent_home
 
 
 def api(server: CommsServer, key: str, method: str, path: str, body: object = None):

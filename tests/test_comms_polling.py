@@ -16,9 +16,7 @@ import pytest
 import trio
 import websockets
 
-from httpsys_emu.certstore import CertStore
 from httpsys_emu.frontdoor import FrontDoor
-from httpsys_emu.store import SslCertBinding, SslKey, Store
 from octopus_comms.endpoint import FRIENDLY_TITLE, CommsEndpoint
 from octopus_comms.halibut import contracts as c
 from octopus_comms.halibut import exchange as ex
@@ -27,17 +25,10 @@ from octopus_comms.halibut.messages import ResponseMessage
 from octopus_comms.polling import LiveAgents, TrustedAgent
 from octopus_comms.queue import CollectionTimeout, PendingRequestQueues
 from octopus_comms.rpc import AgentClient
+from tests.comms_fixtures import make_comms_site
 from tests.certs import make_certificate
 
-APPID = "{00112233-4455-6677-8899-aabbccddeeff}"
 SUBSCRIPTION = "poll://abcdefghijklmnopqrst/"
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Agent(threading.Thread):
@@ -127,13 +118,8 @@ def capabilities(request: object) -> c.CapabilitiesResponseV2:
 
 @pytest.fixture
 def comms_env(tmp_path: Path):
-    state = tmp_path / "state"
-    certs = CertStore(state)
-    info = certs.new_self_signed("CN=localhost", ["localhost"], "rsa2048", 30)
-    port = free_port()
-    with Store.open(state) as store:
-        store.add_sslcert(SslCertBinding(SslKey.ipport("127.0.0.1", port), info.thumbprint, APPID))
-        store.add_iplisten("127.0.0.1")
+    site = make_comms_site(tmp_path, bind_ip="127.0.0.1")
+    state, port = site.state, site.port
     agent_cert = make_certificate("agent", client=True)
     agent_cert.write(tmp_path, "agent")
     return state, port, agent_cert

@@ -20,17 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from httpsys_emu.certstore import CertStore
-from httpsys_emu.store import SslCertBinding, SslKey, Store as FrontDoorStore
 from octopus_comms.auth import create_api_key
 from octopus_comms.halibut import contracts as c
-from octopus_comms.settings import ServerSettings, save_settings
 from octopus_comms.store import MachineSpec, Store
+from tests.comms_fixtures import make_comms_site
 from tests.certs import make_certificate
-from tests.test_comms_polling import SUBSCRIPTION, Agent, free_port
+from tests.test_comms_polling import SUBSCRIPTION, Agent
 
 BIN = Path(sys.executable).parent
-APPID = "{00112233-4455-6677-8899-aabbccddeeff}"
 
 
 def wait_until(check, timeout: float = 20.0, what: str = "condition") -> None:
@@ -70,14 +67,8 @@ class Processes:
 
 @pytest.fixture
 def site(tmp_path: Path):
-    state, home = tmp_path / "state", tmp_path / "home"
-    port = free_port()
-    info = CertStore(state).new_self_signed("CN=localhost", ["localhost"], "rsa2048", 30)
-    with FrontDoorStore.open(state) as fd:
-        fd.add_sslcert(SslCertBinding(SslKey.ipport("0.0.0.0", port), info.thumbprint, APPID))
-        fd.add_iplisten("127.0.0.1")
-    home.mkdir()
-    save_settings(home, ServerSettings(comms_listen_websocket=(f"https://+:{port}/OctopusComms/",)))
+    site = make_comms_site(tmp_path)
+    state, home, port = site.state, site.home, site.port
     agent_cert = make_certificate("websockets agent", client=True)
     agent_cert.write(tmp_path, "agent")
     with Store.open(home) as store:

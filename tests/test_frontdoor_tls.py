@@ -12,7 +12,7 @@ import trio
 
 from httpsys_emu.frontdoor import FrontDoor
 from httpsys_emu.handlers import HandlerRequest
-from httpsys_emu.store import SslKey
+from httpsys_emu.store import SslCertBinding, SslKey
 from tests.certs import make_certificate
 from tests.frontdoor_fixtures import (
     CLIENT_CERT,
@@ -226,3 +226,26 @@ async def test_stdlib_client_certificate_is_seen_by_in_process_handlers(
     assert response.body.split()[3] == CLIENT_CERT.thumbprint.encode()
 
 
+
+
+CCS_A = make_certificate("ccs-a.example", key_type="ec", sans=("ccs-a.example",))
+CCS_B = make_certificate("ccs-b.example", key_type="ec", sans=("ccs-b.example", "www.ccs-b.example"))
+
+
+async def test_central_certificate_store_binding_picks_the_certificate_by_sni(
+        site: Site, front_door: FrontDoor) -> None:
+    for cert in (CCS_A, CCS_B):
+        import_certificate(site.state_dir, cert)
+    port = free_port()
+    site.store.add_sslcert(SslCertBinding(SslKey.ccs(port), None,
+                                          "{00112233-4455-6677-8899-aabbccddeeff}"))
+    await applied(front_door, site)
+    await wait_for(lambda: any(p == port for _h, p in front_door.listening_addresses()))
+
+    async def thumbprint(*args: str) -> str | None:
+        return s_client_thumbprint((await openssl_s_client(port, *args)).stdout)
+
+    assert await thumbprint("-servername", "ccs-a.example") == CCS_A.thumbprint
+    assert await thumbprint("-servername", "WWW.ccs-b.example") == CCS_B.thumbprint
+    assert await thumbprint("-servername", "nobody.example") is None   # no certificate: dropped
+    assert await thumbprint("-noservername") is None                  # ccs needs SNI

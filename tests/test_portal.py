@@ -12,7 +12,6 @@ import html
 import http.client
 import json
 import re
-import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -26,35 +25,25 @@ import pytest
 import trio
 from hypothesis import given, strategies as st
 
-from httpsys_emu.certstore import CertStore
-from httpsys_emu.store import SslCertBinding, SslKey, Store as FrontDoorStore
-from httpsys_emu.urlprefix import parse_prefix
 from octopus_comms.auth import create_api_key, create_user
 from octopus_comms.portal import Portal, portal_route_prefix
 from octopus_comms.portal import views
 from octopus_comms.portal.sessions import (LoginThrottle, SessionStore, cookie_values,
                                            same_origin, tokens_equal)
-from octopus_comms.server import CommsServer, Route
-from octopus_comms.settings import ServerSettings, save_settings
+from octopus_comms.server import CommsServer
+from octopus_comms.settings import ServerSettings
 from octopus_comms.store import MachineSpec, Store, TaskState
 from tentacle.agent import run_agent
 from tentacle.config import TentacleConfig, TrustedServer
+from tests.comms_fixtures import make_comms_site
 from tests.certs import make_certificate
 
-APPID = "{00112233-4455-6677-8899-aabbccddeeff}"
 SUBSCRIPTION = "poll://portalportalportal01/"
 EVIL_NAME = "<script>alert('x')</script>&co"
 PASSWORD = "correct horse battery staple"
 
 
 # ----------------------------------------------------------------------------- the world
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
 
 @dataclass
 class World:
@@ -75,16 +64,10 @@ def make_world(tmp_path: Path) -> World:
     """A front door state dir (cert bound to a free port), a comms home with an environment,
     a polling machine `web01` (with an agent certificate), a machine with a hostile name, the
     user `alice`, and an API key for the administrator."""
-    state, home, agent_home = tmp_path / "state", tmp_path / "home", tmp_path / "agent"
-    for d in (state, home, agent_home):
-        d.mkdir()
-    port = free_port()
-    info = CertStore(state).new_self_signed("CN=localhost", ["localhost"], "rsa2048", 30)
-    with FrontDoorStore.open(state) as fd:
-        fd.add_sslcert(SslCertBinding(SslKey.ipport("0.0.0.0", port), info.thumbprint, APPID))
-        fd.add_iplisten("127.0.0.1")
-    save_settings(home, ServerSettings(
-        comms_listen_websocket=(f"https://+:{port}/OctopusComms/",)))
+    site = make_comms_site(tmp_path)
+    state, home, port = site.state, site.home, site.port
+    agent_home = tmp_path / "agent"
+    agent_home.mkdir()
     agent_cert = make_certificate("Octopus Tentacle", client=True)
     with Store.open(home) as store:
         dev = store.create_environment("Dev")
@@ -105,26 +88,21 @@ def make_world(tmp_path: Path) -> World:
             instance="Tentacle", config_path=agent_home / "tentacle.config", home=agent_home,
             app_dir=agent_home / "Applications", certificate_pem=agent_cert.cert_pem,
             private_key_pem=agent_cert.key_pem, thumbprint=agent_cert.thumbprint,
-            trusted_servers=(TrustedServer(info.thumbprint, 2,
+            trusted_servers=(TrustedServer(site.thumbprint, 2,
                                            f"wss://localhost:{port}/OctopusComms", None,
                                            SUBSCRIPTION),),
             polling_connection_count=1, no_listen=True, listen_port=10933, extra={})
 
-    return World(state, home, agent_home, port, info.thumbprint, key, agent_config)
+    return World(state, home, agent_home, port, site.thumbprint, key, agent_config)
 
 
 class PortalServer(CommsServer):
-    """A CommsServer that serves our Portal on `/app/` (replacing one the server may wire)."""
+    """A CommsServer whose portal has the test's options (short timeouts, injected clocks)."""
 
     def __init__(self, home: Path, state: Path, *, portal_options: Mapping[str, Any],
                  **kwargs: Any) -> None:
         super().__init__(home, state, **kwargs)
-        self.portal = Portal(self, **dict(portal_options))
-
-    def routes(self) -> list[Route]:
-        prefix = portal_route_prefix(self.settings)
-        routes = [r for r in super().routes() if parse_prefix(r.prefix) != parse_prefix(prefix)]
-        return [*routes, Route(prefix, self.portal, False)]
+        self.portal = Portal(self, **dict(portal_options))     # served at /app/ by routes()
 
 
 @asynccontextmanager
