@@ -19,7 +19,7 @@ import h11
 import trio
 
 from .bufstream import PushbackStream
-from .handlers import Handler, HandlerRequest
+from .handlers import Handler, HandlerRequest, respond_whole
 from .request import ConnectionInfo, RequestInfo
 from .response_writer import HOP_BY_HOP
 from .urlprefix import parse_prefix
@@ -138,13 +138,6 @@ class H11Channel:
             self.response_done = True
             await self._send(h11.EndOfMessage())
 
-    async def respond(self, status: int, headers: list[tuple[str, str]], body: bytes = b"") -> None:
-        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
-        headers.append(("Content-Length", str(len(body))))
-        await self.start_response(status, headers)
-        await self.send_body(body)
-        await self.end_response()
-
     async def switch_protocols(self, headers: list[tuple[str, str]]) -> trio.abc.Stream:
         self.response_started = self.response_done = self.switched = True
         self.status = 101
@@ -181,14 +174,14 @@ class AppServer:
                     if self.log:
                         self.log(f"handler failed on {info.path}: {exc!r}")
                     if not channel.response_started:
-                        await channel.respond(500, [("Content-Type", "text/plain")],
+                        await respond_whole(channel, 500, [("Content-Type", "text/plain")],
                                               b"Internal Server Error\n")
                     else:
                         return
                 if channel.switched:
                     return
                 if not channel.response_started:
-                    await channel.respond(500, [], b"")
+                    await respond_whole(channel, 500, [], b"")
                 await channel.end_response()
                 while not channel.body_done:
                     await channel.read_body()

@@ -214,14 +214,6 @@ class ClientChannel:
             self.keep_alive = False
         self.response_done = True
 
-    async def respond(self, status: int, headers: list[tuple[str, str]], body: bytes = b"") -> None:
-        """A whole response in one call, with Content-Length."""
-        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
-        headers.append(("Content-Length", str(len(body))))
-        await self.start_response(status, headers)
-        await self.send_body(body)
-        await self.end_response()
-
     async def switch_protocols(self, headers: list[tuple[str, str]]) -> PushbackStream:
         """Send `101 Switching Protocols` and hand over the raw stream for the new protocol."""
         if self.response_started:

@@ -7,12 +7,23 @@ routing and ACL rules, and for upgrades the handler gets the client stream itsel
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import trio
 
 from .channel import ClientChannel
 from .request import RequestInfo
+
+
+async def respond_whole(channel: Any, status: int, headers: list[tuple[str, str]],
+                        body: bytes) -> None:
+    """A whole response with its Content-Length, over either channel (the front door's
+    `ClientChannel` or the app server's `H11Channel`: both have start/send/end)."""
+    headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+    headers.append(("Content-Length", str(len(body))))
+    await channel.start_response(status, headers)
+    await channel.send_body(body)
+    await channel.end_response()
 
 
 class HandlerRequest:
@@ -65,7 +76,7 @@ class HandlerRequest:
 
     async def respond(self, status: int, headers: list[tuple[str, str]] | None = None,
                       body: bytes = b"") -> None:
-        await self._channel.respond(status, list(headers or []), body)
+        await respond_whole(self._channel, status, list(headers or []), body)
 
     async def start_response(self, status: int, headers: list[tuple[str, str]] | None = None
                              ) -> None:

@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 import trio
 
@@ -134,10 +134,7 @@ class CommsServer:
         except ValueError:
             await request.respond(413, [("Content-Type", "text/plain")], b"Request too large\n")
             return
-        query: dict[str, list[str]] = {}
-        from urllib.parse import parse_qs
-        for key, values in parse_qs(info.query, keep_blank_values=True).items():
-            query[key] = values
+        query = parse_qs(info.query, keep_blank_values=True)
         headers: dict[str, str] = {}
         for name, value in info.headers:
             headers.setdefault(name.lower(), value)
